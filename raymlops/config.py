@@ -1,0 +1,389 @@
+"""The pipeline file as pydantic v2 models.
+
+Every model forbids unknown keys: Ray Serve's own config silently drops a misspelled key, and a
+pipeline that trains for an hour with ``n_estimatorz`` ignored is worse than one that refuses to
+start. :func:`load_pipeline` turns pydantic's errors into one message per problem that names the
+file, the place in it (``models[1].params.n_estimatorz``) and what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "DeployConfig",
+    "FairnessConfig",
+    "ForestParams",
+    "GateConfig",
+    "KerasParams",
+    "ModelConfig",
+    "MonitorConfig",
+    "PipelineConfig",
+    "PreprocessStep",
+    "SearchSpace",
+    "ServeOptions",
+    "SplitConfig",
+    "TuneConfig",
+    "ValidationConfig",
+    "config_hash",
+    "load_pipeline",
+    "pipeline_json_schema",
+]
+
+CLASSIFICATION_METRICS = ("accuracy", "f1_macro", "roc_auc", "log_loss")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+METRIC_MODES: dict[str, Literal["max", "min"]] = {
+    "accuracy": "max",
+    "f1_macro": "max",
+    "roc_auc": "max",
+    "log_loss": "min",
+    "rmse": "min",
+    "mae": "min",
+    "r2": "max",
+}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """The pipeline file is unreadable or does not match the schema."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SplitConfig(_Strict):
+    """How the data is split: the test part is held out for evaluation and the gate only."""
+
+    test_size: float = Field(0.2, gt=0, lt=1)
+    validation_size: float = Field(
+        0.2, gt=0, lt=1, description="Share of the training part that Tune trials are scored on."
+    )
+    seed: int = 42
+    stratify: bool = True
+
+
+ColumnType = Literal["float", "int", "category", "bool", "string"]
+
+
+class DataConfig(_Strict):
+    source: str = Field(..., description="builtin://NAME, or a path/URI to a .csv/.parquet file or folder")
+    target: str = "target"
+    task: Literal["auto", "classification", "regression"] = "auto"
+    features: list[str] | None = Field(None, description="Feature columns; default all but target")
+    categorical: list[str] | None = Field(
+        None, description="Columns treated as categories; default the string/bool columns"
+    )
+    exclude: list[str] = Field(default_factory=list, description="Columns read but never used as features")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    schema_: Literal["infer"] | dict[str, ColumnType] = Field("infer", alias="schema")
+
+
+class ValidationConfig(_Strict):
+    max_null_fraction: float = Field(0.0, ge=0, le=1)
+    forbid_constant_columns: bool = True
+    min_rows: int = Field(10, ge=1)
+
+
+class ColumnsSpec(_Strict):
+    columns: Literal["numeric", "categorical", "all"] | list[str] = "numeric"
+
+
+class OneHotSpec(_Strict):
+    columns: Literal["categorical"] | list[str] = "categorical"
+    max_categories: int | None = Field(None, ge=1)
+
+
+class PreprocessStep(_Strict):
+    """One step; exactly one key is set, e.g. ``{standard_scaler: {columns: numeric}}``."""
+
+    standard_scaler: ColumnsSpec | None = None
+    min_max_scaler: ColumnsSpec | None = None
+    one_hot_encoder: OneHotSpec | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PreprocessStep:
+        set_keys = [k for k in type(self).model_fields if getattr(self, k) is not None]
+        if len(set_keys) != 1:
+            raise ValueError(
+                "each preprocess step needs exactly one of "
+                f"{sorted(type(self).model_fields)}, got {set_keys or 'none'}"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in type(self).model_fields if getattr(self, k) is not None)
+
+    @property
+    def spec(self) -> ColumnsSpec | OneHotSpec:
+        return getattr(self, self.kind)
+
+
+class SearchSpace(_Strict):
+    """A Tune search space for one parameter; exactly one key is set."""
+
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SearchSpace:
+        set_keys = [k for k in ("choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
+        if len(set_keys) != 1:
+            raise ValueError(f"a search space needs exactly one of choice/uniform/loguniform/randint, got {set_keys}")
+        if self.choice is not None and not self.choice:
+            raise ValueError("choice needs at least one value")
+        for key in ("uniform", "loguniform", "randint"):
+            bounds = getattr(self, key)
+            if bounds is not None and not bounds[0] < bounds[1]:
+                raise ValueError(f"{key} bounds must be [low, high] with low < high, got {list(bounds)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform bounds must be positive")
+        return self
+
+
+class KerasParams(_Strict):
+    hidden: list[int] = Field(default_factory=lambda: [64, 32])
+    activation: Literal["relu", "tanh", "gelu", "elu", "selu", "sigmoid"] = "relu"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(20, ge=1)
+    seed: int = 0
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(n < 1 for n in v):
+            raise ValueError("hidden layer sizes must be positive")
+        return v
+
+
+class ForestParams(_Strict):
+    n_estimators: int = Field(100, ge=1)
+    max_depth: int | None = Field(None, ge=1)
+    min_samples_leaf: int | float = 1
+    max_features: Literal["sqrt", "log2"] | float | int | None = "sqrt"
+    class_weight: Literal["balanced", "balanced_subsample"] | None = None
+    bootstrap: bool = True
+    random_state: int = 0
+    trees_per_step: int = Field(
+        0, ge=0, description="Trees added between Tune reports (0: about a fifth of n_estimators)"
+    )
+
+
+PARAM_MODELS: dict[str, type[_Strict]] = {"keras": KerasParams, "random_forest": ForestParams}
+
+
+class ModelConfig(_Strict):
+    name: str
+    kind: Literal["keras", "random_forest"]
+    workers: int = Field(1, ge=1, description="Training workers (Keras: data-parallel; forest: tree-parallel)")
+    use_gpu: Literal["auto"] | bool = "auto"
+    max_failures: int = Field(0, ge=-1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    search: dict[str, SearchSpace] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(f"model name {v!r} must be letters, digits, '_', '-', '.'")
+        return v
+
+    @model_validator(mode="after")
+    def _params_for_kind(self) -> ModelConfig:
+        params_model = PARAM_MODELS[self.kind]
+        # Validate now so a typo fails at load time with its place; keep the dict for Tune.
+        params_model.model_validate(self.params)
+        unknown = sorted(set(self.search) - set(params_model.model_fields))
+        if unknown:
+            raise ValueError(
+                f"search has unknown parameter(s) {unknown} for kind {self.kind}; "
+                f"known: {sorted(params_model.model_fields)}"
+            )
+        return self
+
+    def typed_params(self, overrides: dict[str, Any] | None = None) -> Any:
+        """The params (plus a trial's sampled overrides) as the kind's params model."""
+        return PARAM_MODELS[self.kind].model_validate({**self.params, **(overrides or {})})
+
+
+class TuneConfig(_Strict):
+    num_samples: int = Field(1, ge=1)
+    scheduler: Literal["fifo", "asha"] = "fifo"
+    metric: str | None = Field(None, description="Default: accuracy (classification) or rmse (regression)")
+    mode: Literal["max", "min"] | None = None
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: int = Field(3, ge=2)
+    reuse_actors: bool = True
+
+    @model_validator(mode="after")
+    def _metric_known(self) -> TuneConfig:
+        if self.metric is not None:
+            if self.metric not in METRIC_MODES:
+                raise ValueError(f"unknown metric {self.metric!r}; known: {sorted(METRIC_MODES)}")
+            expected = METRIC_MODES[self.metric]
+            if self.mode is not None and self.mode != expected:
+                raise ValueError(f"metric {self.metric!r} is better when {expected}, but mode is {self.mode!r}")
+        return self
+
+
+class GateConfig(_Strict):
+    min: dict[str, float] = Field(default_factory=dict)
+    max: dict[str, float] = Field(default_factory=dict)
+    beat_champion_by: float | None = None
+    metric: str | None = Field(None, description="Metric compared with the champion; default tune.metric")
+
+    @model_validator(mode="after")
+    def _metrics_known(self) -> GateConfig:
+        for key in [*self.min, *self.max, *([self.metric] if self.metric else [])]:
+            if key not in METRIC_MODES and not key.startswith("fairness."):
+                raise ValueError(f"unknown metric {key!r} in gate; known: {sorted(METRIC_MODES)}")
+        return self
+
+
+class DeployConfig(_Strict):
+    promote_to: str | None = "champion"
+
+
+class FairnessConfig(_Strict):
+    sensitive: str
+    use_as_feature: bool = True
+    max_demographic_parity_difference: float | None = Field(None, ge=0)
+    max_equalized_odds_difference: float | None = Field(None, ge=0)
+
+
+class MonitorConfig(_Strict):
+    psi_drift: float = Field(0.2, gt=0)
+    psi_warning: float = Field(0.1, gt=0)
+    ks_pvalue: float = Field(0.01, gt=0, lt=1)
+
+
+class ServeOptions(_Strict):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(16, gt=0)
+    max_ongoing_requests: int = Field(100, ge=1)
+    max_batch_size: int = Field(64, ge=1)
+    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    num_cpus: float = Field(0.5, gt=0)
+    request_log_sample_rate: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ServeOptions:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        return self
+
+
+class PipelineConfig(_Strict):
+    name: str
+    data: DataConfig
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    preprocess: list[PreprocessStep] = Field(default_factory=list)
+    models: list[ModelConfig] = Field(..., min_length=1)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
+    fairness: FairnessConfig | None = None
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    serve: ServeOptions = Field(default_factory=ServeOptions)
+    store: str | None = Field(None, description="Model store URI; --store and $RAYMLOPS_STORE override it")
+    storage_path: str | None = Field(
+        None, description="Ray Train/Tune storage; must be reachable from every node on a cluster"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(f"pipeline name {v!r} must be letters, digits, '_', '-', '.' (at most 64)")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_models(self) -> PipelineConfig:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique, repeated: {dupes}")
+        return self
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if p not in ("function-after",))
+        where = _format_loc(loc)
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: {where}: unknown key {str(loc[-1])!r} (misspelled? it is not part of the schema)")
+        elif e["type"] == "missing":
+            lines.append(f"{source}: {where}: required key is missing")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {where}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_pipeline(raw: Any, source: str = "<pipeline>") -> PipelineConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the pipeline file must be a mapping at the top level")
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_pipeline(path: str | Path) -> PipelineConfig:
+    """Read and validate a pipeline YAML file; relative data paths resolve against the file's folder."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read pipeline file {path}: {err.strerror or err}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    cfg = parse_pipeline(raw, str(path))
+    src = cfg.data.source
+    if "://" not in src and not Path(src).is_absolute():
+        candidate = (path.parent / src).resolve()
+        if candidate.exists() or not Path(src).exists():
+            cfg.data.source = str(candidate)
+        else:
+            cfg.data.source = str(Path(src).resolve())
+    return cfg
+
+
+def config_hash(cfg: PipelineConfig) -> str:
+    """Stable hash of the effective configuration, recorded in each version's lineage."""
+    payload = json.dumps(cfg.model_dump(mode="json", by_alias=True), sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def pipeline_json_schema() -> dict[str, Any]:
+    return PipelineConfig.model_json_schema(by_alias=True)

@@ -1,0 +1,147 @@
+"""Reading a pipeline's data source into a Ray Dataset.
+
+Sources are ``builtin://NAME`` (datasets bundled with scikit-learn, so demos and tests need no
+network) or a path/URI to a CSV or Parquet file or a folder of shards on any pyarrow filesystem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import os
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import ray
+
+from raymlops.data._errors import DataError
+
+__all__ = ["BUILTIN_DATASETS", "load_builtin", "read_source", "resolve_filesystem"]
+
+
+def _sk_frame(loader: Callable[..., Any], rename: dict[str, str] | None = None) -> pd.DataFrame:
+    bunch = loader(as_frame=True)
+    frame = bunch.frame.copy()
+    if rename:
+        frame = frame.rename(columns=rename)
+    frame.columns = [str(c).replace(" ", "_").replace("(", "").replace(")", "") for c in frame.columns]
+    return frame
+
+
+def _digits() -> pd.DataFrame:
+    from sklearn.datasets import load_digits
+
+    return _sk_frame(load_digits)
+
+
+def _breast_cancer() -> pd.DataFrame:
+    from sklearn.datasets import load_breast_cancer
+
+    return _sk_frame(load_breast_cancer)
+
+
+def _wine() -> pd.DataFrame:
+    from sklearn.datasets import load_wine
+
+    return _sk_frame(load_wine)
+
+
+def _iris() -> pd.DataFrame:
+    from sklearn.datasets import load_iris
+
+    return _sk_frame(load_iris)
+
+
+def _diabetes() -> pd.DataFrame:
+    from sklearn.datasets import load_diabetes
+
+    return _sk_frame(load_diabetes)
+
+
+BUILTIN_DATASETS: dict[str, Callable[[], pd.DataFrame]] = {
+    "digits": _digits,
+    "breast_cancer": _breast_cancer,
+    "wine": _wine,
+    "iris": _iris,
+    "diabetes": _diabetes,
+}
+
+
+def load_builtin(name: str) -> pd.DataFrame:
+    try:
+        return BUILTIN_DATASETS[name]()
+    except KeyError:
+        raise DataError(
+            f"unknown builtin dataset {name!r}; available: {', '.join(sorted(BUILTIN_DATASETS))}"
+        ) from None
+
+
+def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it, for a plain path or any URI pyarrow knows."""
+    try:
+        if "://" in uri:
+            return pafs.FileSystem.from_uri(uri)
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    except (pa.ArrowException, ValueError) as err:
+        raise DataError(f"cannot open data source {uri}: {err}") from None
+
+
+_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def _detect_format(fs: pafs.FileSystem, path: str, uri: str) -> tuple[str, list[str]]:
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"data source not found: {uri}")
+    if info.type == pafs.FileType.File:
+        files = [path]
+    else:
+        selector = pafs.FileSelector(path, recursive=True)
+        files = sorted(
+            f.path
+            for f in fs.get_file_info(selector)
+            if f.type == pafs.FileType.File and not f.base_name.startswith((".", "_"))
+        )
+        if not files:
+            raise DataError(f"data folder {uri} holds no .csv or .parquet files")
+    formats = set()
+    for f in files:
+        suffix = "." + f.rsplit(".", 1)[-1].lower() if "." in f.rsplit("/", 1)[-1] else ""
+        if suffix not in _FORMATS:
+            raise DataError(f"{f}: unsupported file type {suffix or '(none)'}; use .csv or .parquet")
+        formats.add(_FORMATS[suffix])
+    if len(formats) > 1:
+        raise DataError(f"data folder {uri} mixes CSV and Parquet files; use one format")
+    return formats.pop(), files
+
+
+def read_source(source: str, *, override_num_blocks: int | None = None) -> ray.data.Dataset:
+    """A Ray Dataset over the source, rows kept in file order so splits are reproducible."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    if source.startswith("builtin://"):
+        return ray.data.from_pandas(load_builtin(source.removeprefix("builtin://")))
+    fs, path = resolve_filesystem(source)
+    fmt, files = _detect_format(fs, path, source)
+    kwargs: dict[str, Any] = {"filesystem": fs}
+    if override_num_blocks:
+        kwargs["override_num_blocks"] = override_num_blocks
+    if fmt == "csv":
+        return ray.data.read_csv(files, **kwargs)
+    return ray.data.read_parquet(files, **kwargs)
+
+
+def read_frame(source: str) -> pd.DataFrame:
+    """The whole source as one pandas frame (training holds its data in memory anyway)."""
+    if source.startswith("builtin://"):
+        return load_builtin(source.removeprefix("builtin://"))
+    ds = read_source(source)
+    try:
+        frame = ds.to_pandas()
+    except Exception as err:  # Arrow's parse errors name the file and line; keep them.
+        raise DataError(f"cannot read {source}: {err}") from None
+    if frame.empty and len(frame.columns) == 0:
+        raise DataError(f"data source {source} is empty")
+    return frame.reset_index(drop=True)

@@ -1,0 +1,116 @@
+"""Feature preprocessing fitted on the training split only, with Ray Data preprocessors.
+
+The fitted :class:`FeaturePipeline` is saved with the model; batch scoring and serving apply the
+very same object to incoming frames, so training/serving skew from re-implemented transforms is
+impossible by construction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import ray
+from ray.data.preprocessor import Preprocessor
+from ray.data.preprocessors import MinMaxScaler, OneHotEncoder, StandardScaler
+
+from raymlops.config import PreprocessStep
+from raymlops.data.schema import TableSchema
+
+__all__ = ["FeaturePipeline"]
+
+
+class FeaturePipeline:
+    """Turns a frame of raw feature columns into one float32 matrix.
+
+    Args:
+        steps: the pipeline file's ``preprocess`` list.
+    """
+
+    def __init__(self, steps: list[PreprocessStep]) -> None:
+        self.steps = steps
+
+    def _columns_for(self, spec: Any, schema: TableSchema) -> list[str]:
+        cols = spec.columns
+        if cols == "numeric":
+            return schema.numeric
+        if cols == "categorical":
+            return schema.categorical
+        if cols == "all":
+            return list(schema.features)
+        unknown = [c for c in cols if c not in schema.features]
+        if unknown:
+            raise ValueError(f"preprocess step names column(s) {unknown} that are not features")
+        return list(cols)
+
+    def fit(self, train: pd.DataFrame, schema: TableSchema) -> FeaturePipeline:
+        """Fit every step on the training rows with Ray Data, then record the output layout."""
+        self.features_ = list(schema.features)
+        self.categorical_ = list(schema.categorical)
+        preprocessors: list[Preprocessor] = []
+        encoded: set[str] = set()
+        for step in self.steps:
+            columns = self._columns_for(step.spec, schema)
+            if not columns:
+                continue
+            if step.kind == "standard_scaler":
+                preprocessors.append(StandardScaler(columns=columns))
+            elif step.kind == "min_max_scaler":
+                preprocessors.append(MinMaxScaler(columns=columns))
+            elif step.kind == "one_hot_encoder":
+                max_cat = getattr(step.spec, "max_categories", None)
+                preprocessors.append(
+                    OneHotEncoder(columns=columns, max_categories=dict.fromkeys(columns, max_cat) if max_cat else None)
+                )
+                encoded.update(columns)
+        leftover = [c for c in schema.categorical if c not in encoded]
+        if leftover:
+            # Models need numbers: categories nobody asked to encode are one-hot encoded anyway.
+            preprocessors.append(OneHotEncoder(columns=leftover))
+        ds = ray.data.from_pandas(train[self.features_])
+        for prep in preprocessors:
+            prep.fit(ds)
+            ds = prep.transform(ds) if prep is not preprocessors[-1] else ds
+        self.preprocessors_ = preprocessors
+        sample = self._apply(train[self.features_].head(2))
+        self.feature_names_ = self._names(sample)
+        return self
+
+    def _apply(self, frame: pd.DataFrame) -> pd.DataFrame:
+        for prep in self.preprocessors_:
+            frame = prep.transform_batch(frame)
+        return frame
+
+    def _names(self, transformed: pd.DataFrame) -> list[str]:
+        names: list[str] = []
+        for col in transformed.columns:
+            if col in self.categorical_:
+                cats = self._categories(col)
+                names.extend(f"{col}={c}" for c in cats)
+            else:
+                names.append(str(col))
+        return names
+
+    def _categories(self, col: str) -> list[str]:
+        for prep in self.preprocessors_:
+            if isinstance(prep, OneHotEncoder) and col in prep.columns:
+                stats = prep.stats_[f"unique_values({col})"]
+                return [str(k) for k, _ in sorted(stats.items(), key=lambda kv: kv[1])]
+        return []
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        """The float32 feature matrix for rows that passed schema checks."""
+        out = self._apply(frame[self.features_].reset_index(drop=True))
+        parts = []
+        for col in out.columns:
+            values = out[col]
+            if col in self.categorical_:
+                parts.append(np.stack(values.to_numpy()).astype(np.float32, copy=False))
+            else:
+                parts.append(values.to_numpy(dtype=np.float32).reshape(-1, 1))
+        return np.hstack(parts) if parts else np.empty((len(frame), 0), dtype=np.float32)
+
+    @property
+    def n_features_out(self) -> int:
+        return len(self.feature_names_)

@@ -1,0 +1,139 @@
+"""Ray Tune plumbing shared by every model kind: search spaces, schedulers, sizing, resume.
+
+Trials report the validation metric once per step (a block of trees, an epoch), so ASHA can stop
+weak trials early whatever the model kind.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow.fs as pafs
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+from raymlops.config import METRIC_MODES, ModelConfig, SearchSpace, TuneConfig
+
+__all__ = [
+    "experiment_path",
+    "make_scheduler",
+    "resolve_metric",
+    "run_search",
+    "to_param_space",
+    "trial_concurrency",
+]
+
+
+def to_param_space(search: dict[str, SearchSpace]) -> dict[str, Any]:
+    space: dict[str, Any] = {}
+    for key, spec in search.items():
+        if spec.choice is not None:
+            space[key] = tune.choice(spec.choice)
+        elif spec.uniform is not None:
+            space[key] = tune.uniform(*spec.uniform)
+        elif spec.loguniform is not None:
+            space[key] = tune.loguniform(*spec.loguniform)
+        elif spec.randint is not None:
+            low, high = spec.randint
+            space[key] = tune.randint(low, high + 1)  # inclusive upper bound, as written in the file
+    return space
+
+
+def resolve_metric(tune_cfg: TuneConfig, task: str) -> tuple[str, str]:
+    metric = tune_cfg.metric or ("accuracy" if task == "classification" else "rmse")
+    classification_only = {"accuracy", "f1_macro", "roc_auc", "log_loss"}
+    if (task == "classification") != (metric in classification_only):
+        raise ValueError(f"tune.metric {metric!r} does not fit a {task} target")
+    return metric, tune_cfg.mode or METRIC_MODES[metric]
+
+
+def make_scheduler(tune_cfg: TuneConfig, max_t: int) -> TrialScheduler:
+    if tune_cfg.scheduler == "asha" and max_t > 1:
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=max_t,
+            grace_period=min(tune_cfg.grace_period, max_t),
+            reduction_factor=tune_cfg.reduction_factor,
+        )
+    return FIFOScheduler()
+
+
+def trial_concurrency(tune_cfg: TuneConfig, cpus_per_trial: float, reserve_cpus: float = 0.5) -> int:
+    """How many trials fit at once, leaving room for Ray Data so nothing waits on a CPU forever."""
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    fit = max(1, math.floor((total - reserve_cpus) / cpus_per_trial))
+    if tune_cfg.max_concurrent_trials:
+        fit = min(fit, tune_cfg.max_concurrent_trials)
+    return min(fit, tune_cfg.num_samples)
+
+
+def experiment_path(storage_path: str, pipeline: str, model: str) -> tuple[str, str]:
+    """(storage_path, experiment name): one fixed place per pipeline and model, so --resume finds it."""
+    return storage_path, f"{pipeline}__{model}"
+
+
+def _clear_experiment(storage_path: str, name: str) -> None:
+    fs, root = (
+        pafs.FileSystem.from_uri(storage_path)
+        if "://" in storage_path
+        else (pafs.LocalFileSystem(), os.path.abspath(storage_path))
+    )
+    path = f"{root.rstrip('/')}/{name}"
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
+def run_search(
+    trainable: Callable[..., Any],
+    *,
+    model_cfg: ModelConfig,
+    tune_cfg: TuneConfig,
+    metric: str,
+    mode: str,
+    resources: dict[str, float] | tune.PlacementGroupFactory,
+    max_concurrent: int,
+    max_t: int,
+    storage_path: str,
+    experiment: str,
+    resume: bool,
+) -> tune.ResultGrid:
+    """Run (or resume) one model entry's search and return Tune's results."""
+    wrapped = tune.with_resources(trainable, resources)
+    path = f"{storage_path.rstrip('/')}/{experiment}"
+    if resume and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=wrapped, resume_errored=True)
+        return tuner.fit()
+    _clear_experiment(storage_path, experiment)
+    tuner = tune.Tuner(
+        wrapped,
+        param_space=to_param_space(model_cfg.search),
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode=mode,
+            num_samples=tune_cfg.num_samples,
+            scheduler=make_scheduler(tune_cfg, max_t),
+            max_concurrent_trials=max_concurrent,
+            reuse_actors=tune_cfg.reuse_actors,
+        ),
+        run_config=tune.RunConfig(name=experiment, storage_path=storage_path, verbose=1),
+    )
+    return tuner.fit()
+
+
+def summarize_trials(results: tune.ResultGrid, metric: str) -> list[dict[str, Any]]:
+    trials = []
+    for result in results:
+        m = result.metrics or {}
+        trials.append(
+            {
+                "params": {k: v for k, v in (result.config or {}).items() if not k.startswith("_")},
+                metric: m.get(metric),
+                "iterations": m.get("training_iteration"),
+                "error": str(result.error) if result.error else None,
+            }
+        )
+    return trials
