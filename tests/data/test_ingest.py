@@ -1,0 +1,44 @@
+import pandas as pd
+import pytest
+
+from raymlops.data._errors import DataError
+from raymlops.data.ingest import read_frame
+
+
+@pytest.fixture
+def table():
+    return pd.DataFrame({"a": range(30), "b": [float(i) / 3 for i in range(30)], "target": [i % 2 for i in range(30)]})
+
+
+def test_reads_a_folder_of_parquet_shards_in_order(ray_session, tmp_path, table):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for i in range(3):
+        table.iloc[i * 10 : (i + 1) * 10].to_parquet(folder / f"part-{i}.parquet")
+    frame = read_frame(str(folder))
+    assert len(frame) == 30
+    assert frame["a"].tolist() == list(range(30))
+
+
+def test_reads_csv_through_a_file_uri(ray_session, tmp_path, table):
+    path = tmp_path / "data.csv"
+    table.to_csv(path, index=False)
+    frame = read_frame(f"file://{path}")
+    assert frame.shape == (30, 3)
+
+
+def test_missing_source_is_named(tmp_path):
+    with pytest.raises(DataError, match="not found: .*nope.csv"):
+        read_frame(str(tmp_path / "nope.csv"))
+
+
+def test_unknown_builtin_lists_the_known_ones():
+    with pytest.raises(DataError, match="digits"):
+        read_frame("builtin://mnist")
+
+
+def test_unsupported_file_type_is_named(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text("{}")
+    with pytest.raises(DataError, match="data.json"):
+        read_frame(str(path))
