@@ -18,12 +18,15 @@ import pandas as pd
 
 from raymlops.data.preprocess import FeaturePipeline
 from raymlops.data.schema import TableSchema
+from raymlops.train.onnx import onnx_scores
 
 __all__ = ["ModelBundle", "RowCheck", "InputError"]
 
 SCHEMA_FILE = "schema.json"
 PREPROCESSOR_FILE = "preprocessor.pkl"
 FOREST_FILE = "model.joblib"
+ONNX_FILE = "model.onnx"
+FAST_PATH_FILE = "fast_path.json"
 
 
 class InputError(ValueError):
@@ -73,8 +76,14 @@ class ModelBundle:
         self._onnx: Any = None
 
     # ---- persistence -------------------------------------------------------------------------
-    def save(self, folder: Path) -> list[str]:
-        """Write model files into ``folder`` (a staging folder later registered as one version)."""
+    def save(self, folder: Path, check_X: np.ndarray | None = None) -> list[str]:
+        """Write model files into ``folder`` (a staging folder later registered as one version).
+
+        Args:
+            folder: where to write.
+            check_X: held-out rows (transformed); when given, a forest is also compiled to ONNX
+                and the compiled form is kept only if it predicts the same on these rows.
+        """
         folder.mkdir(parents=True, exist_ok=True)
         (folder / SCHEMA_FILE).write_text(self.schema.to_json())
         with open(folder / PREPROCESSOR_FILE, "wb") as fh:
@@ -85,6 +94,8 @@ class ModelBundle:
 
             joblib.dump(self.estimator, folder / FOREST_FILE)
             written.append(FOREST_FILE)
+            if check_X is not None:
+                written.extend(self._save_onnx(folder, check_X))
         elif self.kind == "keras":
             from raymlops.train.keras import save_keras
 
@@ -124,8 +135,20 @@ class ModelBundle:
         version, path = ModelStore(store).fetch(ref)
         return cls.from_dir(path, version.metadata)
 
+    def _save_onnx(self, folder: Path, check_X: np.ndarray) -> list[str]:
+        """Compile the forest to ONNX; keep it only when it agrees with scikit-learn on ``check_X``."""
+        from raymlops.train.onnx import compile_forest
+
+        compiled = compile_forest(self.estimator, self.schema.task, check_X)
+        (folder / FAST_PATH_FILE).write_text(json.dumps(compiled.report, indent=2))
+        if compiled.model_bytes is None:
+            return [FAST_PATH_FILE]
+        (folder / ONNX_FILE).write_bytes(compiled.model_bytes)
+        self._load_fast_path(folder)
+        return [FAST_PATH_FILE, ONNX_FILE]
+
     def _load_fast_path(self, folder: Path) -> None:
-        onnx_file = folder / "model.onnx"
+        onnx_file = folder / ONNX_FILE
         if self.kind == "random_forest" and onnx_file.exists():
             try:
                 import onnxruntime as ort
@@ -211,7 +234,7 @@ class ModelBundle:
             return np.zeros((0, k)) if self.schema.task == "classification" else np.zeros(0)
         if self.kind == "random_forest":
             if self._onnx is not None:
-                return _onnx_scores(self._onnx, X, self.schema.task)
+                return onnx_scores(self._onnx, X, self.schema.task)
             est = self.estimator
             return est.predict_proba(X) if self.schema.task == "classification" else est.predict(X)
         from raymlops.train.keras import keras_scores
@@ -253,11 +276,3 @@ def _label_dtype(classes: list[Any]) -> Any:
     if classes and all(isinstance(c, (float, np.floating, int, np.integer)) for c in classes):
         return np.float64
     return object
-
-
-def _onnx_scores(session: Any, X: np.ndarray, task: str) -> np.ndarray:
-    name = session.get_inputs()[0].name
-    outputs = session.run(None, {name: np.asarray(X, dtype=np.float32)})
-    if task == "classification":
-        return np.asarray(outputs[1], dtype=np.float64)
-    return np.asarray(outputs[0], dtype=np.float64).reshape(-1)

@@ -178,10 +178,10 @@ class ForestParams(_Strict):
     max_features: Literal["sqrt", "log2"] | float | int | None = "sqrt"
     class_weight: Literal["balanced", "balanced_subsample"] | None = None
     bootstrap: bool = True
-    random_state: int = 0
-    trees_per_step: int = Field(
-        0, ge=0, description="Trees added between Tune reports (0: about a fifth of n_estimators)"
+    max_samples: float | None = Field(
+        None, gt=0, le=1, description="Share of rows each tree's bootstrap draws; bounds per-tree memory and time"
     )
+    random_state: int = 0
 
 
 PARAM_MODELS: dict[str, type[_Strict]] = {"keras": KerasParams, "random_forest": ForestParams}
@@ -230,6 +230,7 @@ class TuneConfig(_Strict):
     grace_period: int = Field(1, ge=1)
     reduction_factor: int = Field(3, ge=2)
     reuse_actors: bool = True
+    seed: int | None = Field(0, description="Seed of the random search, so reruns sample the same configs")
 
     @model_validator(mode="after")
     def _metric_known(self) -> TuneConfig:

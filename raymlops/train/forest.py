@@ -38,6 +38,7 @@ def forest_estimator(task: str, params: ForestParams, n_estimators: int | None =
         "min_samples_leaf": params.min_samples_leaf,
         "max_features": params.max_features,
         "bootstrap": params.bootstrap,
+        "max_samples": params.max_samples if params.bootstrap else None,
         "random_state": params.random_state,
     }
     if task == "classification":
@@ -58,6 +59,7 @@ def _build_trees(
 ) -> list[Any]:
     template = forest_estimator(task, ForestParams.model_validate(params))
     n_samples = X.shape[0]
+    n_draws = n_samples if template.max_samples is None else max(1, round(n_samples * template.max_samples))
     trees = []
     for seed in seeds:
         tree_cls = DecisionTreeClassifier if task == "classification" else DecisionTreeRegressor
@@ -73,7 +75,7 @@ def _build_trees(
         weight = np.ones(n_samples, dtype=np.float64)
         if template.bootstrap:
             # The bootstrap draw scikit-learn makes for a tree with this seed.
-            indices = np.random.RandomState(int(seed)).randint(0, n_samples, n_samples)
+            indices = np.random.RandomState(int(seed)).randint(0, n_samples, n_draws)
             weight = np.bincount(indices, minlength=n_samples).astype(np.float64)
             if task == "classification" and template.class_weight == "balanced_subsample":
                 weight *= compute_sample_weight("balanced", y, indices=indices)
@@ -106,7 +108,9 @@ def fit_forest(
     forest.n_features_in_ = X.shape[1]
     forest.n_outputs_ = 1
     forest._n_samples = X.shape[0]
-    forest._n_samples_bootstrap = X.shape[0]
+    forest._n_samples_bootstrap = (
+        X.shape[0] if params.max_samples is None else max(1, round(X.shape[0] * params.max_samples))
+    )
     if task == "classification":
         forest.classes_ = np.arange(n_classes or int(y.max()) + 1)
         forest.n_classes_ = len(forest.classes_)

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import ray
 from ray import tune
+from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from raymlops.config import METRIC_MODES, ModelConfig, SearchSpace, TuneConfig
@@ -118,6 +119,7 @@ def run_search(
             scheduler=make_scheduler(tune_cfg, max_t),
             max_concurrent_trials=max_concurrent,
             reuse_actors=tune_cfg.reuse_actors,
+            search_alg=BasicVariantGenerator(random_state=tune_cfg.seed),
         ),
         run_config=tune.RunConfig(name=experiment, storage_path=storage_path, verbose=1),
     )
