@@ -27,6 +27,9 @@ PREPROCESSOR_FILE = "preprocessor.pkl"
 FOREST_FILE = "model.joblib"
 ONNX_FILE = "model.onnx"
 FAST_PATH_FILE = "fast_path.json"
+# onnxruntime wins by ~1000x on one row (no joblib start-up) but loses to scikit-learn's
+# vectorised traversal on large batches (measured in benchmarks/train_forest.py).
+ONNX_MAX_ROWS = 4096
 
 
 class InputError(ValueError):
@@ -233,7 +236,7 @@ class ModelBundle:
             k = len(self.classes or [])
             return np.zeros((0, k)) if self.schema.task == "classification" else np.zeros(0)
         if self.kind == "random_forest":
-            if self._onnx is not None:
+            if self._onnx is not None and len(X) <= ONNX_MAX_ROWS:
                 return onnx_scores(self._onnx, X, self.schema.task)
             est = self.estimator
             return est.predict_proba(X) if self.schema.task == "classification" else est.predict(X)
