@@ -46,15 +46,19 @@ def main() -> None:
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.1, random_state=0)
     params = ForestParams(n_estimators=args.trees, max_depth=args.max_depth, random_state=0)
     info = connect()
-    console.print(f"{args.rows:,} rows × {args.features} features, {args.trees} trees; "
-                  f"{os.cpu_count()} cores, Ray sees {info.cpus:.0f} CPUs")
+    console.print(
+        f"{args.rows:,} rows × {args.features} features, {args.trees} trees; "
+        f"{os.cpu_count()} cores, Ray sees {info.cpus:.0f} CPUs"
+    )
 
     sk = forest_estimator("classification", params).set_params(n_jobs=-1)
     _, sk_fit = _timed(sk.fit, X_train, y_train)
     sk_acc = float((sk.predict(X_test) == y_test).mean())
     rows = [("scikit-learn n_jobs=-1", sk_fit, sk_acc, 1.0)]
     for workers in args.workers:
-        forest, t = _timed(fit_forest, X_train, y_train, "classification", params, workers=workers, n_classes=2)
+        forest, t = _timed(
+            fit_forest, X_train, y_train, "classification", params, workers=workers, n_classes=2
+        )
         acc = float((forest.predict(X_test) == y_test).mean())
         # sklearn sums tree votes in threads, so compare up to float rounding.
         same = np.allclose(forest.predict_proba(X_test[:2000]), sk.predict_proba(X_test[:2000]))
@@ -78,10 +82,22 @@ def main() -> None:
     n = 200
     _, sk_one = _timed(lambda: [sk.predict_proba(one) for _ in range(n)])
     _, onnx_one = _timed(lambda: [onnx_scores(session, one, "classification") for _ in range(n)])
-    table = Table(title=f"Predict (ONNX kept: {compiled.report.get('onnx')}, max |Δp| {compiled.report.get('max_abs_diff'):.1e})")
-    for col in ("predictor", f"rows/s ({len(batch):,}-row batch)", "one-row latency ms", "ratio vs sklearn (batch / one row)"):
+    report = compiled.report
+    title = f"Predict (ONNX kept: {report.get('onnx')}, max |Δp| {report.get('max_abs_diff'):.1e})"
+    table = Table(title=title)
+    for col in (
+        "predictor",
+        f"rows/s ({len(batch):,}-row batch)",
+        "one-row latency ms",
+        "ratio vs sklearn (batch / one row)",
+    ):
         table.add_column(col)
-    table.add_row("scikit-learn predict_proba", f"{len(batch) / sk_batch:,.0f}", f"{sk_one / n * 1e3:.2f}", "1.00x / 1.00x")
+    table.add_row(
+        "scikit-learn predict_proba",
+        f"{len(batch) / sk_batch:,.0f}",
+        f"{sk_one / n * 1e3:.2f}",
+        "1.00x / 1.00x",
+    )
     table.add_row(
         "onnxruntime",
         f"{len(batch) / onnx_batch:,.0f}",

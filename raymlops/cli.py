@@ -97,9 +97,7 @@ def _print_run_summary(summary: dict[str, Any]) -> None:
     for reason in gate["reasons"]:
         err_console.print(f"  - {reason}", highlight=False)
     promoted = summary["promoted"]
-    err_console.print(
-        f"promoted to: {promoted}" if promoted else "not promoted", highlight=False
-    )
+    err_console.print(f"promoted to: {promoted}" if promoted else "not promoted", highlight=False)
     err_console.print(f"store: {summary['store']}   wall time: {summary['seconds']:.1f} s", highlight=False)
 
 
@@ -153,7 +151,9 @@ def models_list(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
                 "name": name,
                 "versions": [v.version for v in versions],
                 "aliases": aliases,
-                "latest_metrics": {k: v for k, v in (latest.metrics if latest else {}).items() if isinstance(v, float)},
+                "latest_metrics": {
+                    k: v for k, v in (latest.metrics if latest else {}).items() if isinstance(v, float)
+                },
             }
         )
     if as_json:
@@ -183,13 +183,20 @@ def models_show(
 
     st = _guard(ModelStore, store)
     version = _guard(st.get, ref)
-    payload = {"name": version.name, "version": version.version, "uri": version.uri,
-               "aliases": version.aliases, "metadata": version.metadata}
+    payload = {
+        "name": version.name,
+        "version": version.version,
+        "uri": version.uri,
+        "aliases": version.aliases,
+        "metadata": version.metadata,
+    }
     if as_json:
         print_json(payload)
         return
     md = version.metadata
-    err_console.print(f"[bold]{version.name}:{version.version}[/]  aliases: {', '.join(version.aliases) or '-'}")
+    err_console.print(
+        f"[bold]{version.name}:{version.version}[/]  aliases: {', '.join(version.aliases) or '-'}"
+    )
     err_console.print(f"uri: {version.uri}", highlight=False)
     err_console.print(f"created: {md.get('created_at')}  kind: {md.get('kind')}  model: {md.get('model')}")
     for k, v in md.get("metrics", {}).items():

@@ -142,7 +142,9 @@ class SearchSpace(_Strict):
     def _exactly_one(self) -> SearchSpace:
         set_keys = [k for k in ("choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
         if len(set_keys) != 1:
-            raise ValueError(f"a search space needs exactly one of choice/uniform/loguniform/randint, got {set_keys}")
+            raise ValueError(
+                f"a search space needs exactly one of choice/uniform/loguniform/randint, got {set_keys}"
+            )
         if self.choice is not None and not self.choice:
             raise ValueError("choice needs at least one value")
         for key in ("uniform", "loguniform", "randint"):
@@ -179,7 +181,10 @@ class ForestParams(_Strict):
     class_weight: Literal["balanced", "balanced_subsample"] | None = None
     bootstrap: bool = True
     max_samples: float | None = Field(
-        None, gt=0, le=1, description="Share of rows each tree's bootstrap draws; bounds per-tree memory and time"
+        None,
+        gt=0,
+        le=1,
+        description="Share of rows each tree's bootstrap draws; bounds per-tree memory and time",
     )
     random_state: int = 0
 
@@ -190,7 +195,9 @@ PARAM_MODELS: dict[str, type[_Strict]] = {"keras": KerasParams, "random_forest":
 class ModelConfig(_Strict):
     name: str
     kind: Literal["keras", "random_forest"]
-    workers: int = Field(1, ge=1, description="Training workers (Keras: data-parallel; forest: tree-parallel)")
+    workers: int = Field(
+        1, ge=1, description="Training workers (Keras: data-parallel; forest: tree-parallel)"
+    )
     use_gpu: Literal["auto"] | bool = "auto"
     max_failures: int = Field(0, ge=-1)
     params: dict[str, Any] = Field(default_factory=dict)
@@ -239,7 +246,9 @@ class TuneConfig(_Strict):
                 raise ValueError(f"unknown metric {self.metric!r}; known: {sorted(METRIC_MODES)}")
             expected = METRIC_MODES[self.metric]
             if self.mode is not None and self.mode != expected:
-                raise ValueError(f"metric {self.metric!r} is better when {expected}, but mode is {self.mode!r}")
+                raise ValueError(
+                    f"metric {self.metric!r} is better when {expected}, but mode is {self.mode!r}"
+                )
         return self
 
 
@@ -340,7 +349,9 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         loc = tuple(p for p in e["loc"] if p not in ("function-after",))
         where = _format_loc(loc)
         if e["type"] == "extra_forbidden":
-            lines.append(f"{source}: {where}: unknown key {str(loc[-1])!r} (misspelled? it is not part of the schema)")
+            lines.append(
+                f"{source}: {where}: unknown key {str(loc[-1])!r} (misspelled? it is not part of the schema)"
+            )
         elif e["type"] == "missing":
             lines.append(f"{source}: {where}: required key is missing")
         else:

@@ -53,7 +53,11 @@ def test_search_space_with_two_kinds_is_refused(tmp_path):
     raw = {
         **MINIMAL,
         "models": [
-            {"name": "rf", "kind": "random_forest", "search": {"max_depth": {"choice": [2], "randint": [1, 3]}}}
+            {
+                "name": "rf",
+                "kind": "random_forest",
+                "search": {"max_depth": {"choice": [2], "randint": [1, 3]}},
+            }
         ],
     }
     with pytest.raises(ConfigError, match="exactly one"):

@@ -6,10 +6,9 @@ network) or a path/URI to a CSV or Parquet file or a folder of shards on any pya
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
-
-import os
 
 import pandas as pd
 import pyarrow as pa

@@ -61,7 +61,9 @@ class FeaturePipeline:
             elif step.kind == "one_hot_encoder":
                 max_cat = getattr(step.spec, "max_categories", None)
                 preprocessors.append(
-                    OneHotEncoder(columns=columns, max_categories=dict.fromkeys(columns, max_cat) if max_cat else None)
+                    OneHotEncoder(
+                        columns=columns, max_categories=dict.fromkeys(columns, max_cat) if max_cat else None
+                    )
                 )
                 encoded.update(columns)
         leftover = [c for c in schema.categorical if c not in encoded]

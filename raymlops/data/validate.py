@@ -123,7 +123,9 @@ def validate_training_frame(
     if checks.forbid_constant_columns:
         for c in features:
             if frame[c].nunique(dropna=True) <= 1:
-                problems.append(f"column {c!r} is constant (single value {frame[c].dropna().head(1).tolist()})")
+                problems.append(
+                    f"column {c!r} is constant (single value {frame[c].dropna().head(1).tolist()})"
+                )
     if len(frame) < checks.min_rows:
         problems.append(f"only {len(frame)} rows; at least {checks.min_rows} are needed")
 

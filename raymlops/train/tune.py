@@ -14,8 +14,8 @@ from typing import Any
 import pyarrow.fs as pafs
 import ray
 from ray import tune
-from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from raymlops.config import METRIC_MODES, ModelConfig, SearchSpace, TuneConfig
 

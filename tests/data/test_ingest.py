@@ -7,7 +7,9 @@ from raymlops.data.ingest import read_frame
 
 @pytest.fixture
 def table():
-    return pd.DataFrame({"a": range(30), "b": [float(i) / 3 for i in range(30)], "target": [i % 2 for i in range(30)]})
+    return pd.DataFrame(
+        {"a": range(30), "b": [float(i) / 3 for i in range(30)], "target": [i % 2 for i in range(30)]}
+    )
 
 
 def test_reads_a_folder_of_parquet_shards_in_order(ray_session, tmp_path, table):

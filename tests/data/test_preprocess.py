@@ -8,9 +8,15 @@ from raymlops.data.validate import validate_training_frame
 
 def test_scaler_is_fitted_on_training_rows_only_and_categories_are_one_hot(ray_session):
     raw = pd.DataFrame(
-        {"x": [1.0, 2.0, 3.0, 4.0, 100.0, 200.0], "c": ["a", "b", "a", "b", "c", "c"], "y": [0, 1, 0, 1, 0, 1]}
+        {
+            "x": [1.0, 2.0, 3.0, 4.0, 100.0, 200.0],
+            "c": ["a", "b", "a", "b", "c", "c"],
+            "y": [0, 1, 0, 1, 0, 1],
+        }
     )
-    df, schema = validate_training_frame(raw, DataConfig(source="m", target="y"), ValidationConfig(min_rows=1), "m")
+    df, schema = validate_training_frame(
+        raw, DataConfig(source="m", target="y"), ValidationConfig(min_rows=1), "m"
+    )
     train = df.iloc[:4]
     steps = [PreprocessStep.model_validate({"standard_scaler": {"columns": "numeric"}})]
     pipe = FeaturePipeline(steps).fit(train, schema)

@@ -53,7 +53,9 @@ def test_asha_stops_weak_forest_trials_early(ray_session, digits, tmp_path):
     built = {}
     for scheduler in ("fifo", "asha"):
         tune_cfg = TuneConfig(num_samples=8, scheduler=scheduler, seed=3, reduction_factor=2)
-        trained = tune_forest(model, tune_cfg, _data(digits), storage_path=str(tmp_path), experiment=scheduler)
+        trained = tune_forest(
+            model, tune_cfg, _data(digits), storage_path=str(tmp_path), experiment=scheduler
+        )
         built[scheduler] = trained.extra["trees_built_in_search"]
         assert trained.best_params["max_depth"] in (12, None)
         assert len(trained.estimator.estimators_) == 50
