@@ -70,7 +70,7 @@ class FeaturePipeline:
         if leftover:
             # Models need numbers: categories nobody asked to encode are one-hot encoded anyway.
             preprocessors.append(OneHotEncoder(columns=leftover))
-        ds = ray.data.from_pandas(train[self.features_])
+        ds: ray.data.Dataset = ray.data.from_pandas(train[self.features_])
         for prep in preprocessors:
             prep.fit(ds)
             ds = prep.transform(ds) if prep is not preprocessors[-1] else ds

@@ -22,7 +22,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from raymlops.config import ForestParams, ModelConfig, TuneConfig
 from raymlops.evaluate.metrics import compute_metrics
 from raymlops.train.base import TrainedModel, TrainingData
-from raymlops.train.tune import resolve_metric, run_search, summarize_trials, trial_concurrency
+from raymlops.train.tune import iter_results, resolve_metric, run_search, summarize_trials, trial_concurrency
 
 __all__ = ["STEPS", "fit_forest", "forest_estimator", "tree_seeds", "tune_forest"]
 
@@ -170,9 +170,9 @@ def tune_forest(
     )
     best = results.get_best_result(metric=metric, mode=mode, scope="last")
     if best.metrics is None or best.error is not None:
-        errors = [str(r.error) for r in results if r.error]
+        errors = [str(r.error) for r in iter_results(results) if r.error]
         raise RuntimeError(f"every trial of model {model_cfg.name!r} failed: {errors[:1]}")
-    sampled = {k: v for k, v in best.config.items() if k in model_cfg.search}
+    sampled = {k: v for k, v in (best.config or {}).items() if k in model_cfg.search}
     params = model_cfg.typed_params(sampled)
     X = np.vstack([data.X_train, data.X_val])
     y = np.concatenate([data.y_train, data.y_val])
@@ -191,4 +191,4 @@ def tune_forest(
 
 
 def _trial_trees(results: tune.ResultGrid) -> list[dict[str, Any]]:
-    return [{"trees": (r.metrics or {}).get("trees", 0)} for r in results]
+    return [{"trees": (r.metrics or {}).get("trees", 0)} for r in iter_results(results)]

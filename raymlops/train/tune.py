@@ -23,7 +23,9 @@ __all__ = [
     "experiment_path",
     "make_scheduler",
     "resolve_metric",
+    "iter_results",
     "run_search",
+    "summarize_trials",
     "to_param_space",
     "trial_concurrency",
 ]
@@ -126,9 +128,14 @@ def run_search(
     return tuner.fit()
 
 
+def iter_results(results: tune.ResultGrid) -> list[tune.Result]:
+    """Every trial's result (ResultGrid supports indexing but declares no iterator)."""
+    return [results[i] for i in range(len(results))]
+
+
 def summarize_trials(results: tune.ResultGrid, metric: str) -> list[dict[str, Any]]:
     trials = []
-    for result in results:
+    for result in iter_results(results):
         m = result.metrics or {}
         trials.append(
             {
