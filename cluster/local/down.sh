@@ -55,6 +55,18 @@ cluster_pids() {
       member[$pid]=1
     fi
   done
+  # Ray processes orphaned by a crashed raylet: their title hides the environ, but they keep log
+  # files of this cluster open. Only Ray's own processes count (a `less` on a log must survive).
+  local link cmd
+  while IFS= read -r link; do
+    pid=${link#/proc/}
+    pid=${pid%%/*}
+    [[ -n "${member[$pid]:-}" || $pid == "$$" || $pid == "$BASHPID" ]] && continue
+    cmd=$({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null) || continue
+    case $cmd in
+      ray::* | *site-packages/ray/* | *ray/core/src/*) member[$pid]=1 ;;
+    esac
+  done < <(find /proc/[0-9]*/fd -maxdepth 1 -lname "$cluster_dir/*" 2>/dev/null)
   # Add descendants until nothing changes.
   changed=1
   while ((changed)); do

@@ -85,7 +85,11 @@ umask 022
 chmod 600 "$token_file"
 
 # --- environment every Ray process of this cluster inherits ----------------------------------------
+api_host=$dashboard_host
+[[ "$api_host" == "0.0.0.0" || "$api_host" == "::" ]] && api_host=127.0.0.1
 unset RAY_ADDRESS RAY_API_SERVER_ADDRESS RAY_AUTH_TOKEN
+# Jobs that deploy Serve apps (`serve deploy`, jobs/serve_deploy.py) find the dashboard here.
+export RAY_DASHBOARD_ADDRESS=http://$api_host:$dashboard_port
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN_PATH=$token_file
 export RAY_USAGE_STATS_ENABLED=0
@@ -94,6 +98,26 @@ export RAYMLOPS_STORE=$store
 export RAYMLOPS_LOCAL_CLUSTER_DIR=$cluster_dir
 # Job drivers run `python`/`raymlops` from PATH: make that the interpreter the cluster runs on.
 export PATH=$bin_dir:$PATH
+
+# Fail fast and clearly on a taken port, rather than after Ray's own start-up timeout.
+ports=("$gcs_port" "$dashboard_port" "$client_port")
+for i in $(seq 0 "$num_workers"); do
+  for k in 0 1 2 3 4 5; do ports+=($((port_base + 10 * i + k))); done
+done
+"$python_exe" - "${ports[@]}" <<'PY' || die "a port this cluster needs is taken; choose others with RAYMLOPS_GCS_PORT, RAYMLOPS_DASHBOARD_PORT, RAYMLOPS_CLIENT_PORT or RAYMLOPS_PORT_BASE"
+import socket, sys
+taken = []
+for port in map(int, sys.argv[1:]):
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            taken.append(port)
+if taken:
+    print(f"[up.sh] port(s) in use: {taken}", file=sys.stderr)
+    sys.exit(1)
+PY
 
 on_error() {
   log "start failed; stopping what was started (logs in $cluster_dir/logs)"
@@ -156,11 +180,10 @@ sys.exit(1)
 EOF
 
 trap - ERR
-api_host=$dashboard_host
-[[ "$api_host" == "0.0.0.0" || "$api_host" == "::" ]] && api_host=127.0.0.1
 cat >"$state_file" <<EOF
 export RAY_ADDRESS=127.0.0.1:$gcs_port
 export RAY_API_SERVER_ADDRESS=http://$api_host:$dashboard_port
+export RAY_DASHBOARD_ADDRESS=http://$api_host:$dashboard_port
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN_PATH=$token_file
 export RAYMLOPS_STORE=$store

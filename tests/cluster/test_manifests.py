@@ -53,8 +53,12 @@ def _yaml_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
 
 
+# The CRDs are 1 MB each: the C loader reads them in a second where the pure-Python one takes ten.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _docs(path: Path) -> list[dict[str, Any]]:
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    docs = [d for d in yaml.load_all(path.read_text(), Loader=_Loader) if d is not None]
     assert docs, f"{path} holds no YAML document"
     for d in docs:
         assert isinstance(d, dict), f"{path}: every document must be a mapping"
@@ -123,13 +127,15 @@ def _cel_to_python(rule: str) -> str | None:
         if m.group("has"):
             parts.append(f"({m.group('field')!r} in self)")
         elif m.group("op"):
-            parts.append({"&&": " and ", "||": " or ", "!": " not "}[m.group("op")])
+            parts.append({"&&": "and", "||": "or", "!": "not"}[m.group("op")])
         else:
             parts.append(m.group(0).strip())
-    return "".join(parts)
+    return " ".join(parts)
 
 
-def _x_validations(validator: Any, rules: Any, instance: Any, schema: dict[str, Any]) -> Iterator[ValidationError]:
+def _x_validations(
+    validator: Any, rules: Any, instance: Any, schema: dict[str, Any]
+) -> Iterator[ValidationError]:
     for rule in rules:
         expr = _cel_to_python(rule["rule"])
         if expr is None:
@@ -138,7 +144,9 @@ def _x_validations(validator: Any, rules: Any, instance: Any, schema: dict[str, 
             yield ValidationError(rule.get("message", f"CEL rule failed: {rule['rule']}"))
 
 
-def _x_list_type(validator: Any, list_type: Any, instance: Any, schema: dict[str, Any]) -> Iterator[ValidationError]:
+def _x_list_type(
+    validator: Any, list_type: Any, instance: Any, schema: dict[str, Any]
+) -> Iterator[ValidationError]:
     if not isinstance(instance, list) or list_type == "atomic":
         return
     if list_type == "set":
@@ -239,7 +247,9 @@ def cluster_spec_problems(spec: dict[str, Any], *, owner: str) -> list[str]:
         params = group.get("rayStartParams", {}) or {}
         if "labels" in params:
             problems.append(f"{name}: rayStartParams['labels'] is not supported; use the group's labels")
-        if any(params.get(k) for k in ("num-cpus", "num-gpus", "memory", "resources")) and group.get("resources"):
+        if any(params.get(k) for k in ("num-cpus", "num-gpus", "memory", "resources")) and group.get(
+            "resources"
+        ):
             problems.append(f"{name}: resources set both in rayStartParams and in the group's resources")
         if name != "head":
             lo, hi, n = group.get("minReplicas"), group.get("maxReplicas"), group.get("replicas")
@@ -281,7 +291,9 @@ def cluster_spec_problems(spec: dict[str, Any], *, owner: str) -> list[str]:
             continue
         image = container.get("image", "")
         if f"ray{spec.get('rayVersion')}" not in image.rsplit(":", 1)[-1]:
-            problems.append(f"{name}: image {image!r} does not carry rayVersion {spec.get('rayVersion')} in its tag")
+            problems.append(
+                f"{name}: image {image!r} does not carry rayVersion {spec.get('rayVersion')} in its tag"
+            )
         store = _env(container).get("RAYMLOPS_STORE")
         if not (isinstance(store, str) and SHARED_STORE.match(store)):
             problems.append(f"{name}: RAYMLOPS_STORE must name shared object storage, got {store!r}")
@@ -294,9 +306,11 @@ def _service_accounts() -> set[str]:
 
 def _cluster_spec_of(doc: dict[str, Any]) -> dict[str, Any] | None:
     spec = doc.get("spec", {})
-    return {"RayCluster": spec, "RayJob": spec.get("rayClusterSpec"), "RayService": spec.get("rayClusterConfig")}[
-        doc["kind"]
-    ]
+    return {
+        "RayCluster": spec,
+        "RayJob": spec.get("rayClusterSpec"),
+        "RayService": spec.get("rayClusterConfig"),
+    }[doc["kind"]]
 
 
 def rayjob_problems(doc: dict[str, Any]) -> list[str]:
@@ -345,9 +359,13 @@ def _serve_config_problems(text: str) -> list[str]:
     fields = set(ServeDeploySchema.model_fields)
     problems += [f"serveConfigV2: unknown key {k!r}" for k in raw if k not in fields]
     for app in raw.get("applications", []):
-        problems += [f"application: unknown key {k!r}" for k in app if k not in ServeApplicationSchema.model_fields]
+        problems += [
+            f"application: unknown key {k!r}" for k in app if k not in ServeApplicationSchema.model_fields
+        ]
         for dep in app.get("deployments", []):
-            problems += [f"deployment: unknown key {k!r}" for k in dep if k not in DeploymentSchema.model_fields]
+            problems += [
+                f"deployment: unknown key {k!r}" for k in dep if k not in DeploymentSchema.model_fields
+            ]
     try:
         ServeDeploySchema.model_validate(raw)
     except Exception as err:  # pydantic.ValidationError; keep the message
@@ -365,7 +383,9 @@ def test_the_three_kuberay_kinds_exist() -> None:
 
 
 @pytest.mark.parametrize("item", _ray_resources(), ids=_id)
-def test_kuberay_resource_matches_crd_schema(crds: dict[tuple[str, str], Any], item: tuple[Path, dict]) -> None:
+def test_kuberay_resource_matches_crd_schema(
+    crds: dict[tuple[str, str], Any], item: tuple[Path, dict]
+) -> None:
     path, doc = item
     errors = _schema_errors(crds, doc)
     assert not errors, f"{path.name}: " + "\n".join(errors)
@@ -378,11 +398,15 @@ def test_kuberay_resource_matches_crd_schema(crds: dict[tuple[str, str], Any], i
 )
 def test_core_objects_are_well_formed(item: tuple[Path, dict]) -> None:
     path, doc = item
-    assert doc.get("apiVersion") == "v1" and doc.get("kind") in CORE_KINDS, f"{path.name}: unexpected {doc.get('kind')}"
+    assert doc.get("apiVersion") == "v1" and doc.get("kind") in CORE_KINDS, (
+        f"{path.name}: unexpected {doc.get('kind')}"
+    )
     name = doc.get("metadata", {}).get("name", "")
     assert DNS1123_SUBDOMAIN.match(name) and len(name) <= 253, f"{path.name}: bad name {name!r}"
     if doc["kind"] == "ConfigMap":
-        assert all(isinstance(v, str) for v in doc.get("data", {}).values()), "ConfigMap data values are strings"
+        assert all(isinstance(v, str) for v in doc.get("data", {}).values()), (
+            "ConfigMap data values are strings"
+        )
     # A token must never be committed: the token Secret is created with kubectl, not kept here.
     assert doc["kind"] != "Secret", f"{path.name}: do not keep Secrets (tokens, keys) in the repository"
 
@@ -406,7 +430,9 @@ def test_cluster_spec_rules(item: tuple[Path, dict]) -> None:
     accounts = _service_accounts()
     for name, group in _groups(spec):
         sa = group.get("template", {}).get("spec", {}).get("serviceAccountName")
-        assert sa is None or sa in accounts, f"{name}: ServiceAccount {sa!r} is defined nowhere in {KUBERAY_DIR}"
+        assert sa is None or sa in accounts, (
+            f"{name}: ServiceAccount {sa!r} is defined nowhere in {KUBERAY_DIR}"
+        )
 
 
 def test_raycluster_autoscales_cpu_and_gpu_groups() -> None:
@@ -441,21 +467,30 @@ def test_rayjob_runs_the_digits_pipeline_from_its_configmap(item: tuple[Path, di
     pipeline_arg = argv[argv.index(script) + 1]
 
     head = doc["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
-    mounts = {m["name"]: m["mountPath"] for m in _ray_container({"template": {"spec": head}}).get("volumeMounts", [])}
-    configmaps = {d["metadata"]["name"]: d for p, d in _all_kuberay_docs() if p == path and d["kind"] == "ConfigMap"}
+    mounts = {
+        m["name"]: m["mountPath"]
+        for m in _ray_container({"template": {"spec": head}}).get("volumeMounts", [])
+    }
+    configmaps = {
+        d["metadata"]["name"]: d for p, d in _all_kuberay_docs() if p == path and d["kind"] == "ConfigMap"
+    }
     found = None
     for volume in head.get("volumes", []):
         cm = volume.get("configMap")
         if not cm or volume["name"] not in mounts:
             continue
-        for entry in cm.get("items", [{"key": k, "path": k} for k in configmaps.get(cm["name"], {}).get("data", {})]):
+        for entry in cm.get(
+            "items", [{"key": k, "path": k} for k in configmaps.get(cm["name"], {}).get("data", {})]
+        ):
             if f"{mounts[volume['name']].rstrip('/')}/{entry['path']}" == pipeline_arg:
                 found = configmaps[cm["name"]]["data"][entry["key"]]
     assert found is not None, f"{pipeline_arg} is not mounted from a ConfigMap in {path.name}"
     cfg = parse_pipeline(yaml.safe_load(found), f"{path.name}:{pipeline_arg}")
     assert cfg.data.source == "builtin://digits"
     assert cfg.store and SHARED_STORE.match(cfg.store), "the pipeline's store must be shared object storage"
-    assert cfg.storage_path and SHARED_STORE.match(cfg.storage_path), "Tune storage must be shared by all nodes"
+    assert cfg.storage_path and SHARED_STORE.match(cfg.storage_path), (
+        "Tune storage must be shared by all nodes"
+    )
 
 
 @pytest.mark.parametrize("item", _by_kind("RayService"), ids=_id)
@@ -467,8 +502,37 @@ def test_rayservice_serve_config(item: tuple[Path, dict]) -> None:
     raw = yaml.safe_load(text)
     for app in raw["applications"]:
         assert app["import_path"].startswith("raymlops."), app["import_path"]
-        store = app.get("args", {}).get("store") or app.get("runtime_env", {}).get("env_vars", {}).get("RAYMLOPS_STORE")
+        store = app.get("args", {}).get("store") or app.get("runtime_env", {}).get("env_vars", {}).get(
+            "RAYMLOPS_STORE"
+        )
         assert store and SHARED_STORE.match(store), "the served model must come from shared object storage"
+
+
+@pytest.mark.parametrize("item", _by_kind("RayService"), ids=_id)
+def test_rayservice_serve_config_is_what_raymlops_serve_config_writes(item: tuple[Path, dict]) -> None:
+    """serveConfigV2 must be regenerated, not hand-edited: compare it with the generator's output."""
+    serve = pytest.importorskip("raymlops.serve")
+    if not hasattr(serve, "serve_config"):
+        pytest.skip("raymlops.serve.serve_config is not available")
+    from raymlops.config import ServeOptions
+
+    raw = yaml.safe_load(item[1]["spec"]["serveConfigV2"])
+    for app in raw["applications"]:
+        serve.AppArgs.model_validate(app["args"])  # build_app's own check of its args
+    app = raw["applications"][0]
+    expected = serve.serve_config(
+        app["args"]["models"],
+        store=app["args"]["store"],
+        options=ServeOptions.model_validate(app["args"]["options"]),
+        canary=app["args"].get("canary"),
+        request_log=app["args"].get("request_log"),
+        host=raw["http_options"]["host"],
+        port=raw["http_options"]["port"],
+    )
+    assert raw == expected, (
+        "serveConfigV2 differs from `raymlops serve config` output; regenerate it:\n"
+        + yaml.safe_dump(expected, sort_keys=False)
+    )
 
 
 # --- the checks have teeth: each must refuse a manifest broken in one place --------------------------
@@ -607,14 +671,20 @@ def test_launcher_rules(path: Path) -> None:
     assert sum(n.get("min_workers", 0) for n in types.values()) <= config["max_workers"]
     setup = " ; ".join(config.get("setup_commands", []) + config.get("head_setup_commands", []))
     assert re.search(r"pip3? install[^;]*raymlops", setup), "setup_commands must install raymlops"
-    assert f"ray[default,data,train,tune,serve]=={ray.__version__}" in setup, "pin the Ray version tested here"
+    assert f"ray[default,data,train,tune,serve]=={ray.__version__}" in setup, (
+        "pin the Ray version tested here"
+    )
     # Token auth: the token reaches every node and Ray starts in token mode on each.
-    assert any(str(target).endswith(".ray/auth_token") for target in config.get("file_mounts", {})), "no token mount"
+    assert any(str(target).endswith(".ray/auth_token") for target in config.get("file_mounts", {})), (
+        "no token mount"
+    )
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         start = " ".join(c for c in config[key] if "ray start" in c)
         assert "RAY_AUTH_MODE=token" in start, f"{key}: Ray must start with RAY_AUTH_MODE=token"
     head_start = " ".join(config["head_start_ray_commands"])
-    assert "--dashboard-host=0.0.0.0" not in head_start, "reach the dashboard through `ray dashboard`'s tunnel"
+    assert "--dashboard-host=0.0.0.0" not in head_start, (
+        "reach the dashboard through `ray dashboard`'s tunnel"
+    )
 
 
 def test_launcher_schema_refuses_misspelled_key() -> None:
