@@ -78,7 +78,9 @@ def run(
     # --store, then $RAYMLOPS_STORE, then the file's `store:`, then ./raymlops-store.
     store = store or os.environ.get("RAYMLOPS_STORE") or None
     with json_stdout(as_json):
-        summary = _guard(run_pipeline, cfg, store=store, address=address, resume=resume)
+        summary = _guard(
+            run_pipeline, cfg, store=store, address=address, resume=resume, pipeline_file=str(pipeline)
+        )
     if as_json:
         print_json(summary)
     else:
@@ -233,7 +235,9 @@ def models_promote(
 @app.command()
 def score(
     ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS")],
-    input_uri: Annotated[str, typer.Option("--input", "-i", help="CSV or Parquet file or folder (any pyarrow URI)")],
+    input_uri: Annotated[
+        str, typer.Option("--input", "-i", help="CSV or Parquet file or folder (any pyarrow URI)")
+    ],
     output_uri: Annotated[str, typer.Option("--output", "-o", help="Folder for the scored Parquet shards")],
     store: StoreOpt = None,
     address: AddressOpt = None,
@@ -244,11 +248,14 @@ def score(
         str | None, typer.Option("--rejected", help="Folder for rejected rows (default <output>/_rejected)")
     ] = None,
     unknown_category: Annotated[
-        str, typer.Option("--unknown-category", help="ignore: score unseen categories; reject: quarantine them")
+        str,
+        typer.Option("--unknown-category", help="ignore: score unseen categories; reject: quarantine them"),
     ] = "ignore",
     resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted job in OUTPUT")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier job's output")] = False,
-    workers: Annotated[int | None, typer.Option("--workers", help="Scoring actors (default: per core/GPU)")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Scoring actors (default: per core/GPU)")
+    ] = None,
     batch_rows: Annotated[int, typer.Option("--batch-rows", help="Rows per batch inside an actor")] = 65_536,
     unit_rows: Annotated[int, typer.Option("--unit-rows", help="Rows per unit of work (Parquet)")] = 500_000,
     as_json: JsonOpt = False,
@@ -295,7 +302,9 @@ def score(
     if summary["rows_rejected"]:
         err_console.print(f"rejected rows (with _reason): {summary['rejected']}", highlight=False)
     if summary["units_resumed"]:
-        err_console.print(f"resumed: {summary['units_resumed']} of {summary['units']} units were already done")
+        err_console.print(
+            f"resumed: {summary['units_resumed']} of {summary['units']} units were already done"
+        )
 
 
 @app.command()
@@ -303,7 +312,9 @@ def datagen(
     rows: Annotated[int, typer.Option("--rows", help="Number of rows")],
     features: Annotated[int, typer.Option("--features", help="Number of feature columns")],
     output: Annotated[str, typer.Option("--output", "-o", help="Folder (any pyarrow URI) for the shards")],
-    shards: Annotated[int | None, typer.Option("--shards", help="Number of files (default one per 1M rows)")] = None,
+    shards: Annotated[
+        int | None, typer.Option("--shards", help="Number of files (default one per 1M rows)")
+    ] = None,
     classes: Annotated[int, typer.Option("--classes", help="Number of classes of `label`")] = 2,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     bad_rows: Annotated[int, typer.Option("--bad-rows", help="Rows with a null first feature")] = 0,
@@ -351,22 +362,30 @@ def monitor(
     labels: Annotated[
         str | None, typer.Option("--labels", help="Labels that arrived later (CSV/Parquet), joined on --key")
     ] = None,
-    key: Annotated[str | None, typer.Option("--key", help="Column linking labels to logged predictions")] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", help="Column linking labels to logged predictions")
+    ] = None,
     label_column: Annotated[
         str | None, typer.Option("--label-column", help="Label column in --labels (default: the target)")
     ] = None,
     report: Annotated[
-        Path | None, typer.Option("--report", help="HTML report path (default raymlops-monitor/NAME-vV-TIME.html)")
+        Path | None,
+        typer.Option("--report", help="HTML report path (default raymlops-monitor/NAME-vV-TIME.html)"),
     ] = None,
     psi_drift: Annotated[float | None, typer.Option("--psi-drift", help="Override monitor.psi_drift")] = None,
-    psi_warning: Annotated[float | None, typer.Option("--psi-warning", help="Override monitor.psi_warning")] = None,
+    psi_warning: Annotated[
+        float | None, typer.Option("--psi-warning", help="Override monitor.psi_warning")
+    ] = None,
     pvalue: Annotated[float | None, typer.Option("--pvalue", help="Override monitor.ks_pvalue")] = None,
     fail_on_drift: Annotated[
         bool, typer.Option("--fail-on-drift", help="Exit 3 on drift, schema skew or degraded live metrics")
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Drift and data quality of new data against the model's training reference; live metrics with labels."""
+    """Drift and data quality of new data against the model's training reference; live metrics with labels.
+
+    With --fail-on-drift, exit code 3 on drift, schema skew or degraded live metrics (to trigger retraining).
+    """
     from raymlops.monitor import DRIFT_EXIT_CODE
     from raymlops.monitor import monitor as run_monitor
 
@@ -405,11 +424,14 @@ def _print_monitor(result: dict[str, Any]) -> None:
     err_console.print(table)
     pred = result.get("prediction")
     if pred:
-        err_console.print(f"prediction drift ({pred['source']}): PSI {pred['psi']}, {pred['status']}", highlight=False)
+        err_console.print(
+            f"prediction drift ({pred['source']}): PSI {pred['psi']}, {pred['status']}", highlight=False
+        )
     schema = result["schema"]
     if schema["skew"]:
         err_console.print(
-            f"[red]schema skew[/]: missing {schema['missing_features']}, non-numeric {schema['type_mismatch']}",
+            f"[red]schema skew[/]: missing {schema['missing_features']}, "
+            f"non-numeric {schema['type_mismatch']}",
             highlight=False,
         )
     for item in result["data_quality"]["null_rate_increases"]:
@@ -511,6 +533,10 @@ def serve_cmd(
     _serve_until_interrupted(models, st.uri, host or "127.0.0.1", port, options, canary, request_log, address)
 
 
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _serve_until_interrupted(
     models: list[str],
     store: str,
@@ -527,132 +553,43 @@ def _serve_until_interrupted(
     from raymlops.serve import API_KEY_ENV, start_server
 
     _quiet_tensorflow()
-    handle = _guard(
-        start_server,
-        models,
-        store=store,
-        host=host,
-        port=port,
-        options=options,
-        canary=canary,
-        request_log=request_log,
-        address=address,
-    )
-    auth = "bearer key required" if os.environ.get(API_KEY_ENV) else f"open ({API_KEY_ENV} unset)"
-    err_console.print(f"serving {', '.join(models)} at {handle.url}   auth: {auth}", highlight=False)
-    err_console.print(
-        "  TF Serving: POST /v1/models/NAME:predict   OIP v2: POST /v2/models/NAME/infer   "
-        f"replicas {options.min_replicas}-{options.max_replicas}, batch {options.max_batch_size}   "
-        "Ctrl-C stops",
-        highlight=False,
-    )
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    embedded = not (address or os.environ.get("RAY_ADDRESS"))
+    handle = None
+    signal.signal(signal.SIGTERM, _interrupt)  # a container stop shuts Serve down like Ctrl-C
     try:
+        handle = _guard(
+            start_server,
+            models,
+            store=store,
+            host=host,
+            port=port,
+            options=options,
+            canary=canary,
+            request_log=request_log,
+            address=address,
+        )
+        auth = "bearer key required" if os.environ.get(API_KEY_ENV) else f"open ({API_KEY_ENV} unset)"
+        err_console.print(f"serving {', '.join(models)} at {handle.url}   auth: {auth}", highlight=False)
+        err_console.print(
+            "  TF Serving: POST /v1/models/NAME:predict   OIP v2: POST /v2/models/NAME/infer   "
+            f"replicas {options.min_replicas}-{options.max_replicas}, batch {options.max_batch_size}   "
+            "Ctrl-C stops",
+            highlight=False,
+        )
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
         err_console.print("stopping")
     finally:
-        handle.stop(shutdown=not (address or os.environ.get("RAY_ADDRESS")))
+        if handle is not None:
+            handle.stop(shutdown=embedded)
+        elif embedded:
+            import ray
 
+            if ray.is_initialized():
+                from ray import serve
 
-jobs_app = typer.Typer(no_args_is_help=True, help="Ray jobs on a cluster (the Jobs API, token auth).")
-app.add_typer(jobs_app, name="jobs")
-JobsAddressOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--address", help="Jobs API http://HEAD:8265 (default $RAY_API_SERVER_ADDRESS, then $RAY_ADDRESS)"
-    ),
-]
-
-
-@app.command()
-def submit(
-    pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML file")],
-    address: JobsAddressOpt = None,
-    store: StoreOpt = None,
-    no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once submitted; print the job id")] = False,
-    pip: Annotated[list[str] | None, typer.Option("--pip", help="Extra pip requirement (repeatable)")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Run the pipeline as a Ray job on a cluster; streams its logs and exits with its outcome."""
-    from raymlops.submit import submit as submit_job
-
-    result = _guard(submit_job, pipeline, address, store=store, wait=not no_wait, extra_pip=pip)
-    if as_json:
-        print_json(result.to_dict())
-    elif no_wait:
-        sys.stdout.write(result.job_id + "\n")
-    else:
-        colour = "green" if result.exit_code == 0 else "red"
-        err_console.print(f"job {result.job_id}: [{colour}]{result.status}[/]", highlight=False)
-        if result.message and result.exit_code:
-            err_console.print(result.message, highlight=False)
-    raise typer.Exit(result.exit_code)
-
-
-@jobs_app.command("list")
-def jobs_list(address: JobsAddressOpt = None, as_json: JsonOpt = False) -> None:
-    """Every job the cluster knows, newest first."""
-    from raymlops.submit import list_jobs
-
-    jobs = _guard(list_jobs, address)
-    if as_json:
-        print_json({"jobs": jobs})
-        return
-    table = Table(title="Ray jobs")
-    for col in ("job id", "status", "entrypoint", "message"):
-        table.add_column(col)
-    for job in jobs:
-        table.add_row(
-            str(job.get("job_id") or job.get("submission_id")),
-            str(job.get("status")),
-            str(job.get("entrypoint", ""))[:60],
-            str(job.get("message") or "")[:60],
-        )
-    err_console.print(table)
-
-
-@jobs_app.command("status")
-def jobs_status(
-    job_id: Annotated[str, typer.Argument(help="Job (submission) id")],
-    address: JobsAddressOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """One job's status and details."""
-    from raymlops.submit import job_status
-
-    details = _guard(job_status, job_id, address)
-    if as_json:
-        print_json(details)
-    else:
-        err_console.print(f"{job_id}: {details.get('status')}  {details.get('message') or ''}", highlight=False)
-
-
-@jobs_app.command("logs")
-def jobs_logs(
-    job_id: Annotated[str, typer.Argument(help="Job (submission) id")],
-    address: JobsAddressOpt = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends")] = False,
-) -> None:
-    """A job's log (stdout), optionally followed to the end."""
-    from raymlops.submit import job_logs
-
-    text = _guard(job_logs, job_id, address, follow=follow)
-    if not follow:
-        sys.stdout.write(text)
-
-
-@jobs_app.command("stop")
-def jobs_stop(
-    job_id: Annotated[str, typer.Argument(help="Job (submission) id")],
-    address: JobsAddressOpt = None,
-) -> None:
-    """Ask the cluster to stop a job."""
-    from raymlops.submit import stop_job
-
-    stopped = _guard(stop_job, job_id, address)
-    err_console.print(f"{job_id}: {'stop requested' if stopped else 'already ended'}", highlight=False)
+                serve.shutdown()
 
 
 def main() -> None:

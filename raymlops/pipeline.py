@@ -2,6 +2,10 @@
 
 Nothing is written to the model store until a model has been trained and evaluated; the version
 itself is made visible atomically by the registry, so an interrupted run leaves no trace there.
+
+Each version carries its governance record: held-out metrics with a bootstrap interval, fairness
+per group of the sensitive column, permutation importance and partial dependence, reference
+statistics for monitoring (``reference.json``) and a self-contained ``report.html``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from raymlops.bundle import ModelBundle
 from raymlops.cluster import connect
@@ -26,6 +31,7 @@ from raymlops.data.preprocess import FeaturePipeline
 from raymlops.data.schema import TableSchema
 from raymlops.data.split import split_frame
 from raymlops.data.validate import validate_training_frame
+from raymlops.evaluate.fairness import fairness_report
 from raymlops.evaluate.gate import evaluate_gate
 from raymlops.evaluate.metrics import bootstrap_interval, compute_metrics, confusion
 from raymlops.train.base import TrainedModel, TrainingData
@@ -52,13 +58,42 @@ def _excluded_columns(cfg: PipelineConfig) -> tuple[str, ...]:
     return ()
 
 
+def _numpy_backed(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with Arrow-backed columns turned into plain numpy/object columns.
+
+    Ray Data hands pandas ``double[pyarrow]`` / ``string[pyarrow]`` columns to ``to_pandas``; with
+    those, ``pd.to_numeric(errors="coerce")`` marks unparseable strings as NaN that ``isna()`` does
+    not see, and the checks then call a text column numeric (and constant). Plain dtypes avoid that.
+    """
+    columns: dict[str, Any] = {}
+    changed = False
+    for name in frame.columns:
+        series = frame[name]
+        if isinstance(series.dtype, pd.ArrowDtype):
+            changed = True
+            kind = series.dtype.pyarrow_dtype
+            has_null = bool(series.isna().any())
+            if pa.types.is_integer(kind) and not has_null:
+                series = series.astype("int64")
+            elif pa.types.is_boolean(kind) and not has_null:
+                series = series.astype(bool)
+            elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+                series = pd.Series(series.to_numpy(dtype="float64", na_value=np.nan), index=series.index)
+            elif pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_boolean(kind):
+                series = pd.Series(
+                    series.to_numpy(dtype=object, na_value=None), index=series.index, dtype=object
+                )
+        columns[name] = series
+    return pd.DataFrame(columns, index=frame.index) if changed else frame
+
+
 def prepare_data(cfg: PipelineConfig) -> PreparedData:
     """Read, check and split the data; raises DataError/DataValidationError naming the problem."""
     raw = read_frame(cfg.data.source)
-    frame, schema = validate_training_frame(
-        raw, cfg.data, cfg.validation, cfg.data.source, extra_excluded=_excluded_columns(cfg)
-    )
     fingerprint = fingerprint_frame(raw)
+    frame, schema = validate_training_frame(
+        _numpy_backed(raw), cfg.data, cfg.validation, cfg.data.source, extra_excluded=_excluded_columns(cfg)
+    )
     train, val, test = split_frame(frame, schema, cfg.data.split)
     return PreparedData(frame, schema, fingerprint, train, val, test)
 
@@ -98,12 +133,16 @@ def _storage_path(cfg: PipelineConfig, store_uri: str) -> str:
     return os.path.join(store_uri.removeprefix("file://"), "_experiments")
 
 
-def _train_one(cfg: PipelineConfig, model_cfg: Any, data: TrainingData, storage: str, resume: bool) -> TrainedModel:
+def _train_one(
+    cfg: PipelineConfig, model_cfg: Any, data: TrainingData, storage: str, resume: bool
+) -> TrainedModel:
     experiment = f"{cfg.name}__{model_cfg.name}"
     if model_cfg.kind == "random_forest":
         from raymlops.train.forest import tune_forest
 
-        return tune_forest(model_cfg, cfg.tune, data, storage_path=storage, experiment=experiment, resume=resume)
+        return tune_forest(
+            model_cfg, cfg.tune, data, storage_path=storage, experiment=experiment, resume=resume
+        )
     from raymlops.train.keras import tune_keras
 
     return tune_keras(model_cfg, cfg.tune, data, storage_path=storage, experiment=experiment, resume=resume)
@@ -120,7 +159,12 @@ def _champion(store: Any, name: str, test: pd.DataFrame, schema: TableSchema) ->
     bundle = ModelBundle.load(f"{name}:{version.version}", store.uri)
     if bundle.schema.target != schema.target or bundle.schema.task != schema.task:
         return {"version": version.version, "metrics": {}, "note": "champion has another target or task"}
-    check = bundle.check_rows(test)
+    if schema.task == "classification" and list(bundle.classes or []) != list(schema.classes or []):
+        return {"version": version.version, "metrics": {}, "note": "champion was trained on other classes"}
+    try:
+        check = bundle.check_rows(test)
+    except ValueError as err:  # InputError: a feature the champion needs is gone from this data
+        return {"version": version.version, "metrics": {}, "note": f"champion cannot score these rows: {err}"}
     if check.n_rejected:
         return {"version": version.version, "metrics": {}, "note": "champion cannot score these rows"}
     scores = bundle.scores(bundle.transform(check.frame))
@@ -141,8 +185,18 @@ def run_pipeline(
     store: str | None = None,
     address: str | None = None,
     resume: bool = False,
+    pipeline_file: str | None = None,
 ) -> dict[str, Any]:
-    """Run the whole pipeline and return its summary (what ``raymlops run --json`` prints)."""
+    """Run the whole pipeline and return its summary (what ``raymlops run --json`` prints).
+
+    Args:
+        cfg: the validated pipeline file.
+        store: model store URI (default ``cfg.store``, ``$RAYMLOPS_STORE``, ``./raymlops-store``).
+        address: Ray address (default ``$RAY_ADDRESS``, else an embedded local Ray).
+        resume: continue an interrupted search.
+        pipeline_file: the pipeline file's path, recorded in the version so that ``raymlops monitor``
+            can name the exact command to rerun when drift or degraded live metrics call for it.
+    """
     from raymlops.registry import ModelStore
 
     started = time.time()
@@ -180,12 +234,26 @@ def run_pipeline(
 
     best_trained, best_bundle, best_scores, best_metrics = max(results, key=rank)
     metrics: dict[str, Any] = dict(best_metrics)
-    metrics["interval"] = bootstrap_interval(schema.task, y_test, best_scores, metric, data.n_classes)
+    # The interval is for the metric the gate compares with the champion (gate.metric, else tune.metric).
+    gate_metric = cfg.gate.metric or metric
+    metrics["interval"] = bootstrap_interval(schema.task, y_test, best_scores, gate_metric, data.n_classes)
     if schema.task == "classification":
-        metrics["confusion_matrix"] = confusion(y_test, np.asarray(best_scores).argmax(axis=1), data.n_classes)
+        metrics["confusion_matrix"] = confusion(
+            y_test, np.asarray(best_scores).argmax(axis=1), data.n_classes
+        )
+
+    if cfg.fairness is not None:
+        metrics["fairness"] = fairness_report(
+            prepared.test[cfg.fairness.sensitive].to_numpy(),
+            y_test,
+            np.asarray(best_scores),
+            schema.task,
+            schema.classes,
+            column=cfg.fairness.sensitive,
+        )
 
     champion = _champion(store_obj, cfg.name, prepared.test, schema)
-    gate = evaluate_gate(cfg.gate, metrics, metric=metric, champion=champion)
+    gate = evaluate_gate(cfg.gate, metrics, metric=metric, champion=champion, fairness=cfg.fairness)
 
     metadata = {
         "kind": best_trained.kind,
@@ -200,27 +268,39 @@ def run_pipeline(
         "data": {
             "source": cfg.data.source,
             "rows": len(prepared.frame),
-            "split": {"train": len(prepared.train), "validation": len(prepared.val), "test": len(prepared.test)},
+            "split": {
+                "train": len(prepared.train),
+                "validation": len(prepared.val),
+                "test": len(prepared.test),
+            },
             "fingerprint": prepared.fingerprint,
         },
         "config_hash": config_hash(cfg),
+        "pipeline_file": os.path.abspath(pipeline_file) if pipeline_file else None,
         "pipeline": cfg.model_dump(mode="json", by_alias=True),
         "candidates": [
-            {"name": t.name, "kind": t.kind, "val_metric": t.val_metric, "metrics": m} for t, _, _, m in results
+            {"name": t.name, "kind": t.kind, "val_metric": t.val_metric, "metrics": m}
+            for t, _, _, m in results
         ],
     }
     with tempfile.TemporaryDirectory(prefix="raymlops-version-") as tmp:
         folder = Path(tmp)
-        best_bundle.save(folder)
-        from raymlops.evaluate.report import write_report
-
-        write_report(folder / "report.html", cfg.name, metadata, best_bundle, prepared)
+        best_bundle.save(folder, check_X=X_test)
+        governance = _governance(
+            folder, cfg, best_bundle, prepared, y_test, np.asarray(best_scores), metric, metadata
+        )
         version = store_obj.register(cfg.name, folder, metadata)
 
     promoted = None
     if gate.passed and cfg.deploy.promote_to:
         store_obj.set_alias(cfg.name, cfg.deploy.promote_to, version.version)
         promoted = cfg.deploy.promote_to
+    if promoted:
+        not_promoted_because = None
+    elif not gate.passed:
+        not_promoted_because = "the gate refused it: " + "; ".join(gate.reasons)
+    else:
+        not_promoted_because = "deploy.promote_to is not set"
 
     return {
         "pipeline": cfg.name,
@@ -245,7 +325,89 @@ def run_pipeline(
         "gate": {"passed": gate.passed, "reasons": gate.reasons},
         "champion": champion,
         "promoted": promoted,
+        "not_promoted_because": not_promoted_because,
+        "explain": governance["explain"],
+        "report": version.uri.rstrip("/") + "/" + REPORT_FILE,
         "data": metadata["data"],
         "cluster": {"cpus": cluster.cpus, "gpus": cluster.gpus, "nodes": cluster.nodes},
         "seconds": round(time.time() - started, 2),
     }
+
+
+REPORT_FILE = "report.html"
+EXPLAIN_FILE = "explain.json"
+_EXPLAIN_ROWS = 2000
+_PD_ROWS = 500
+_TOP_FEATURES = 5
+
+
+def _governance(
+    folder: Path,
+    cfg: PipelineConfig,
+    bundle: ModelBundle,
+    prepared: PreparedData,
+    y_test: np.ndarray,
+    scores: np.ndarray,
+    metric: str,
+    metadata: dict[str, Any],
+) -> dict[str, Any]:
+    """Explanations, reference statistics and the report, written into the version's staging folder.
+
+    Explanations run on a sample of held-out rows (importance on up to 2000, partial dependence on
+    500 for the top 5 features) so they cost seconds, not minutes, whatever the data size.
+    """
+    import json
+
+    from raymlops.evaluate.explain import explain_model
+    from raymlops.evaluate.reference import build_reference, write_reference
+    from raymlops.evaluate.report import write_report
+    from raymlops.monitor._drift import Thresholds, batch_stats, finalize, spec_from_reference
+
+    started = time.time()
+    schema = prepared.schema
+    explanation = explain_model(
+        bundle, prepared.test, y_test, metric, top=_TOP_FEATURES, max_rows=_EXPLAIN_ROWS, pd_rows=_PD_ROWS
+    )
+    (folder / EXPLAIN_FILE).write_text(json.dumps(explanation, indent=1, default=str))
+    training_rows = pd.concat([prepared.train, prepared.val], ignore_index=True)
+    reference, sample = build_reference(
+        training_rows,
+        schema,
+        scores,
+        extra={
+            "metric": metric,
+            "held_out_metrics": {k: v for k, v in metadata["metrics"].items() if isinstance(v, (int, float))},
+        },
+    )
+    write_reference(folder, reference, sample)
+    thresholds = Thresholds(
+        psi_drift=cfg.monitor.psi_drift, psi_warning=cfg.monitor.psi_warning, pvalue=cfg.monitor.ks_pvalue
+    )
+    split_drift = finalize(
+        batch_stats(prepared.test, spec_from_reference(reference)), reference, sample, thresholds
+    )
+    top = [
+        {"feature": r["feature"], "importance": r["importance"]}
+        for r in explanation["importance"]["features"][:_TOP_FEATURES]
+    ]
+    metadata["explain"] = {
+        "metric": explanation["importance"]["metric"],
+        "top_features": top,
+        "file": EXPLAIN_FILE,
+    }
+    metadata["reference"] = {"file": "reference.json", "rows": reference["rows"]}
+    metadata["split_drift"] = {"drifted_features": split_drift["drifted_features"]}
+    residuals = (y_test, scores) if schema.task == "regression" else None
+    write_report(
+        folder / REPORT_FILE,
+        cfg.name,
+        metadata,
+        bundle,
+        prepared,
+        explanation=explanation,
+        reference=reference,
+        split_drift=split_drift,
+        residuals=residuals,
+    )
+    log.info("explanations, reference and report took %.1f s", time.time() - started)
+    return {"explain": top}

@@ -120,6 +120,9 @@ def read_source(source: str, *, override_num_blocks: int | None = None) -> ray.d
     """A Ray Dataset over the source, rows kept in file order so splits are reproducible."""
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
+    # Ray 2.60's v2 Parquet datasource took ~11 s for two small files here against 0.5 s for v1.
+    if hasattr(ctx, "use_datasource_v2"):
+        ctx.use_datasource_v2 = False
     if source.startswith("builtin://"):
         return ray.data.from_pandas(load_builtin(source.removeprefix("builtin://")))
     fs, path = resolve_filesystem(source)

@@ -7,10 +7,12 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-__all__ = ["bootstrap_interval", "compute_metrics", "confusion"]
+__all__ = ["bootstrap_interval", "compute_metrics", "confusion", "metric_value"]
 
 
-def compute_metrics(task: str, y_true: np.ndarray, scores: np.ndarray, n_classes: int = 0) -> dict[str, float]:
+def compute_metrics(
+    task: str, y_true: np.ndarray, scores: np.ndarray, n_classes: int = 0
+) -> dict[str, float]:
     """Metrics from class probabilities (classification) or predictions (regression).
 
     Args:
@@ -26,7 +28,7 @@ def compute_metrics(task: str, y_true: np.ndarray, scores: np.ndarray, n_classes
             "mae": float(skm.mean_absolute_error(y_true, pred)),
             "r2": float(skm.r2_score(y_true, pred)),
         }
-    proba = np.asarray(scores, dtype=float)
+    proba = _normalized(np.asarray(scores, dtype=float))
     k = n_classes or proba.shape[1]
     labels = np.arange(k)
     pred = proba.argmax(axis=1)
@@ -43,6 +45,36 @@ def compute_metrics(task: str, y_true: np.ndarray, scores: np.ndarray, n_classes
             norm = proba / np.clip(proba.sum(axis=1, keepdims=True), 1e-12, None)
             out["roc_auc"] = float(skm.roc_auc_score(y_true, norm, multi_class="ovr", labels=labels))
     return out
+
+
+def _normalized(proba: np.ndarray) -> np.ndarray:
+    """Rows scaled to sum to one: float32 scores (ONNX, Keras) drift off 1 enough to make sklearn warn."""
+    sums = proba.sum(axis=1, keepdims=True)
+    return proba / np.where(sums > 0, sums, 1.0)
+
+
+def metric_value(task: str, metric: str, y_true: np.ndarray, scores: np.ndarray, n_classes: int = 0) -> float:
+    """One metric, computed directly for the common ones.
+
+    Permutation importance evaluates hundreds of shuffled copies; computing every metric (a multi-class
+    ROC AUC among them) for each copy cost seconds more than scoring them did.
+    """
+    y = np.asarray(y_true)
+    if task == "regression":
+        pred = np.asarray(scores, dtype=float).reshape(-1)
+        err = pred - y.astype(float)
+        if metric == "rmse":
+            return float(np.sqrt(np.mean(err**2)))
+        if metric == "mae":
+            return float(np.mean(np.abs(err)))
+    else:
+        proba = np.asarray(scores, dtype=float)
+        if metric == "accuracy":
+            return float(np.mean(proba.argmax(axis=1) == y))
+        if metric == "log_loss":
+            p = np.clip(_normalized(proba)[np.arange(len(y)), y.astype(int)], 1e-15, 1)
+            return float(-np.mean(np.log(p)))
+    return compute_metrics(task, y, scores, n_classes)[metric]
 
 
 def confusion(y_true: np.ndarray, pred: np.ndarray, n_classes: int) -> list[list[int]]:
