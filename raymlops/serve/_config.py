@@ -1,0 +1,190 @@
+"""Running the application locally (``raymlops serve``) and writing Serve configs (``serve config``).
+
+The generated config is Ray Serve's own ``ServeDeploySchema``: it works with ``serve deploy`` and,
+as the ``applications`` part, as a RayService's ``serveConfigV2``. It names the importable builder
+``raymlops.serve.app:build_app`` with explicit ``args``, and writes the deployment options out in
+full, so what runs on the cluster is what the file says.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raymlops.config import ServeOptions
+
+from ._app import (
+    APP_NAME,
+    DEPLOYMENT_NAME,
+    AppArgs,
+    build_app,
+    deployment_options,
+    live_settings,
+    resolve_serve_options,
+)
+from ._auth import API_KEY_ENV, key_digest
+
+__all__ = ["BUILDER_IMPORT_PATH", "ServeHandle", "serve_config", "start_server", "write_serve_config"]
+
+log = logging.getLogger("raymlops.serve")
+
+BUILDER_IMPORT_PATH = "raymlops.serve.app:build_app"
+
+
+def serve_config(
+    models: list[str],
+    *,
+    store: str | None = None,
+    options: ServeOptions | None = None,
+    canary: list[str] | None = None,
+    request_log: str | None = None,
+    host: str = "0.0.0.0",
+    port: int = 8000,
+) -> dict[str, Any]:
+    """A Serve config (``ServeDeploySchema``) for the models, checked by Ray's own schema.
+
+    The API key is never written: on the cluster, replicas read ``RAYMLOPS_API_KEY`` from their
+    environment (a Kubernetes secret for a RayService).
+
+    Args:
+        models: model references.
+        store: the store URI the cluster reads (a shared one such as ``s3://`` on a real cluster).
+        options: serving options; default the first model's pipeline ``serve:`` section.
+        canary: ``NAME:VERSION=PERCENT`` splits.
+        request_log: where sampled requests go (default ``<store>/request_logs``).
+        host: the HTTP host the proxies bind on the cluster.
+        port: the HTTP port.
+    """
+    from ray.serve.schema import ServeDeploySchema
+
+    from raymlops.registry import resolve_store_uri
+
+    store_uri = resolve_store_uri(store)
+    args = AppArgs.model_validate(
+        {
+            "models": models,
+            "store": store_uri,
+            "options": options,
+            "canary": canary or [],
+            "request_log": request_log,
+        }
+    )
+    resolved = resolve_serve_options(models, store_uri, options)
+    args_out: dict[str, Any] = {"models": list(models), "store": store_uri, "options": resolved.model_dump()}
+    if canary:
+        args_out["canary"] = list(canary)
+    if request_log:
+        args_out["request_log"] = request_log
+    deployment = {"name": DEPLOYMENT_NAME, **deployment_options(resolved, live_settings(args, resolved))}
+    config = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": host, "port": port},
+        "applications": [
+            {
+                "name": APP_NAME,
+                "route_prefix": "/",
+                "import_path": BUILDER_IMPORT_PATH,
+                "args": args_out,
+                "deployments": [deployment],
+            }
+        ],
+    }
+    ServeDeploySchema.model_validate(config)  # fail here, not on the cluster
+    AppArgs.model_validate(args_out)
+    return config
+
+
+def write_serve_config(path: str | Path, models: list[str], **kwargs: Any) -> dict[str, Any]:
+    """Write :func:`serve_config` as YAML to ``path``; returns the config."""
+    config = serve_config(models, **kwargs)
+    header = (
+        "# Ray Serve config written by `raymlops serve config`.\n"
+        "# Deploy: serve deploy THIS_FILE   |   RayService: put it under spec.serveConfigV2\n"
+        f"# Auth: set {API_KEY_ENV} in the replicas' environment to require a bearer key.\n"
+    )
+    Path(path).write_text(header + yaml.safe_dump(config, sort_keys=False))
+    return config
+
+
+class ServeHandle:
+    """A running local application: its URL and how to stop it."""
+
+    def __init__(self, url: str, app_name: str) -> None:
+        self.url = url
+        self.app_name = app_name
+
+    def stop(self, shutdown: bool = True) -> None:
+        """Delete the application (and shut Serve down when ``shutdown``)."""
+        from ray import serve
+
+        if shutdown:
+            serve.shutdown()
+        else:
+            serve.delete(self.app_name)
+
+
+def start_server(
+    models: list[str],
+    *,
+    store: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    options: ServeOptions | None = None,
+    canary: list[str] | None = None,
+    request_log: str | None = None,
+    poll_interval_s: float = 2.0,
+    request_log_flush_s: float | None = None,
+    address: str | None = None,
+    api_key: str | None = None,
+    max_body_bytes: int | None = None,
+) -> ServeHandle:
+    """Start Serve on ``host:port`` and run the application; returns once replicas are ready.
+
+    Args:
+        models: model references.
+        store: store URI.
+        host: address to bind; 127.0.0.1 unless the caller decides to expose it.
+        port: HTTP port.
+        options: serving options (default: the first model's pipeline ``serve:`` section).
+        canary: ``NAME:VERSION=PERCENT`` splits.
+        request_log: where sampled requests go.
+        poll_interval_s: how often replicas look for alias changes.
+        request_log_flush_s: how often replicas write the sampled request log.
+        address: Ray address (default: ``$RAY_ADDRESS``, else embedded local Ray).
+        api_key: require this bearer key; default ``$RAYMLOPS_API_KEY``. Only its sha256 reaches Ray.
+        max_body_bytes: the largest request body accepted.
+    """
+    import os
+
+    import ray
+    from ray import serve
+
+    from raymlops.cluster import connect
+
+    if not ray.is_initialized():
+        connect(address)
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+    args: dict[str, Any] = {
+        "models": list(models),
+        "store": store,
+        "options": options.model_dump() if options is not None else None,
+        "canary": list(canary or []),
+        "request_log": request_log,
+        "poll_interval_s": poll_interval_s,
+        "api_key_sha256": key_digest(key) if key else None,
+    }
+    if max_body_bytes is not None:
+        args["max_body_bytes"] = max_body_bytes
+    if request_log_flush_s is not None:
+        args["request_log_flush_s"] = request_log_flush_s
+    app = build_app(args)
+    serve.start(http_options={"host": host, "port": port})
+    started = time.monotonic()
+    serve.run(app, name=APP_NAME, route_prefix="/")
+    log.info("application %s ready in %.1f s", APP_NAME, time.monotonic() - started)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return ServeHandle(f"http://{shown}:{port}", APP_NAME)
