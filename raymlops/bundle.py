@@ -197,19 +197,25 @@ class ModelBundle:
         if missing:
             raise InputError(f"missing feature column(s): {', '.join(missing)}")
         n = len(frame)
+        fast = self._check_all_numeric(frame)
+        if fast is not None:
+            return fast
         reasons = np.full(n, None, dtype=object)
-        clean = pd.DataFrame(index=frame.index)
+        invalid = np.zeros(n, dtype=bool)  # rows with a reason, kept alongside so no per-row Python loop
+        columns: dict[str, pd.Series] = {}  # one frame built at the end: inserting column by column is slow
         for col in self.schema.features:
             series = frame[col]
             null = series.isna().to_numpy()
             _note(reasons, null, f"{col}: null value")
+            invalid |= null
             if col in self.schema.categorical:
                 as_text = series.astype(str).where(~null, None)
                 if unknown_category == "reject":
                     known = set(self.schema.categories.get(col, []))
                     unknown = (~null) & ~as_text.isin(known).to_numpy()
                     _note(reasons, unknown, f"{col}: unknown category")
-                clean[col] = as_text
+                    invalid |= unknown
+                columns[col] = as_text
             else:
                 if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
                     numeric = series.astype("float64")
@@ -217,14 +223,41 @@ class ModelBundle:
                     numeric = pd.to_numeric(series, errors="coerce")
                     bad = (~null) & numeric.isna().to_numpy()
                     if bad.any():
+                        invalid |= bad
                         for i in np.flatnonzero(bad):
                             if reasons[i] is None:
                                 reasons[i] = f"{col}: {series.iloc[i]!r} is not a number"
                 infinite = ~np.isfinite(numeric.to_numpy(dtype="float64", na_value=0.0))
                 _note(reasons, infinite, f"{col}: not a finite number")
-                clean[col] = numeric
-        valid = np.array([r is None for r in reasons], dtype=bool)
-        return RowCheck(frame=clean, valid=valid, reasons=reasons)
+                invalid |= infinite
+                columns[col] = numeric
+        if columns:
+            clean = pd.DataFrame(columns, index=frame.index, copy=False)
+        else:
+            clean = pd.DataFrame(index=frame.index)
+        return RowCheck(frame=clean, valid=~invalid, reasons=reasons)
+
+    def _check_all_numeric(self, frame: pd.DataFrame) -> RowCheck | None:
+        """One vectorised check when every feature is a numeric column and every value is finite.
+
+        The common case (serving, clean batches) then costs one array conversion instead of
+        several pandas operations per column; anything else returns None and takes the general
+        path, which names each bad row's reason.
+        """
+        if self.schema.categorical:
+            return None
+        features = self.schema.features
+        dtypes = frame.dtypes
+        for col in features:
+            dt = dtypes[col]
+            if not pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt):
+                return None
+        values = frame[features].to_numpy(dtype=np.float64, na_value=np.nan)
+        if not np.isfinite(values).all():
+            return None
+        n = len(frame)
+        clean = pd.DataFrame(values, columns=features, index=frame.index, copy=False)
+        return RowCheck(frame=clean, valid=np.ones(n, dtype=bool), reasons=np.full(n, None, dtype=object))
 
     # ---- prediction --------------------------------------------------------------------------
     def transform(self, clean: pd.DataFrame) -> np.ndarray:

@@ -20,6 +20,8 @@ from raymlops.data.schema import TableSchema
 
 __all__ = ["FeaturePipeline"]
 
+_EPSILON = 1e-8  # Ray's scalers treat a smaller spread as 1 (constant columns)
+
 
 class FeaturePipeline:
     """Turns a frame of raw feature columns into one float32 matrix.
@@ -77,7 +79,43 @@ class FeaturePipeline:
         self.preprocessors_ = preprocessors
         sample = self._apply(train[self.features_].head(2))
         self.feature_names_ = self._names(sample)
+        self.plan_ = self._compile()
         return self
+
+    def _compile(self) -> list[tuple[str, Any]]:
+        """The fitted steps as plain numpy operations, one entry per feature in output order.
+
+        Ray's ``transform_batch`` goes through Arrow and pandas for every call (tens of ms for a
+        single row here); serving and scoring call ``transform`` on every request or block, so the
+        fitted statistics are folded into an affine map per numeric column and a lookup per
+        categorical column. :meth:`transform_with_ray` keeps Ray's own path as the reference.
+        """
+        plan: list[tuple[str, Any]] = []
+        for col in self.features_:
+            if col in self.categorical_:
+                lookup = {c: i for i, c in enumerate(self._categories(col))}
+                plan.append(("onehot", (col, lookup)))
+                continue
+            scale, shift = 1.0, 0.0
+            for prep in self.preprocessors_:
+                if col not in getattr(prep, "columns", ()):
+                    continue
+                if isinstance(prep, StandardScaler):
+                    mean, std = prep.stats_[f"mean({col})"], prep.stats_[f"std({col})"]
+                    if mean is None or std is None:
+                        scale, shift = float("nan"), float("nan")
+                        continue
+                    std = 1.0 if std < _EPSILON else std
+                    scale, shift = scale / std, (shift - mean) / std
+                elif isinstance(prep, MinMaxScaler):
+                    low, high = prep.stats_[f"min({col})"], prep.stats_[f"max({col})"]
+                    if low is None or high is None:
+                        scale, shift = float("nan"), float("nan")
+                        continue
+                    span = 1.0 if high - low < _EPSILON else high - low
+                    scale, shift = scale / span, (shift - low) / span
+            plan.append(("affine", (col, scale, shift)))
+        return plan
 
     def _apply(self, frame: pd.DataFrame) -> pd.DataFrame:
         for prep in self.preprocessors_:
@@ -103,6 +141,38 @@ class FeaturePipeline:
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         """The float32 feature matrix for rows that passed schema checks."""
+        plan = getattr(self, "plan_", None)
+        if plan is None:
+            return self.transform_with_ray(frame)
+        n = len(frame)
+        out = np.zeros((n, self.n_features_out), dtype=np.float32)
+        affine = [(i, entry) for i, entry in enumerate(plan) if entry[0] == "affine"]
+        positions = self._positions()
+        if affine:
+            cols = [entry[1][0] for _, entry in affine]
+            values = frame[cols].to_numpy(dtype=np.float64, na_value=np.nan)
+            scale = np.array([entry[1][1] for _, entry in affine])
+            shift = np.array([entry[1][2] for _, entry in affine])
+            out[:, [positions[i] for i, _ in affine]] = values * scale + shift
+        for i, (kind, spec) in enumerate(plan):
+            if kind != "onehot":
+                continue
+            col, lookup = spec
+            codes = frame[col].map(lookup).to_numpy(dtype=np.float64, na_value=np.nan)
+            hit = ~np.isnan(codes)
+            out[np.flatnonzero(hit), positions[i] + codes[hit].astype(np.int64)] = 1.0
+        return out
+
+    def _positions(self) -> list[int]:
+        """Output column where each plan entry starts."""
+        positions, at = [], 0
+        for kind, spec in self.plan_:
+            positions.append(at)
+            at += len(spec[1]) if kind == "onehot" else 1
+        return positions
+
+    def transform_with_ray(self, frame: pd.DataFrame) -> np.ndarray:
+        """The same matrix through Ray Data's ``transform_batch`` (the reference implementation)."""
         out = self._apply(frame[self.features_].reset_index(drop=True))
         parts = []
         for col in out.columns:
