@@ -292,12 +292,19 @@ def score(
     if as_json:
         print_json(summary)
         return
-    err_console.print(
-        f"[green]scored[/] {summary['rows_scored']:,} of {summary['rows_in']:,} rows "
-        f"({summary['rows_rejected']:,} rejected) in {summary['seconds']:.1f} s, "
-        f"{summary['rows_per_s'] or 0:,.0f} rows/s with {summary['workers']} worker(s)",
-        highlight=False,
-    )
+    if summary["rows_this_run"] == 0 and summary["units_resumed"]:
+        err_console.print(
+            f"[green]already complete[/]: {summary['rows_scored']:,} of {summary['rows_in']:,} rows scored "
+            f"({summary['rows_rejected']:,} rejected); the files on disk were checked again",
+            highlight=False,
+        )
+    else:
+        err_console.print(
+            f"[green]scored[/] {summary['rows_scored']:,} of {summary['rows_in']:,} rows "
+            f"({summary['rows_rejected']:,} rejected) in {summary['seconds']:.1f} s, "
+            f"{summary['rows_per_s'] or 0:,.0f} rows/s with {summary['workers']} worker(s)",
+            highlight=False,
+        )
     err_console.print(f"output: {summary['output']}", highlight=False)
     if summary["rows_rejected"]:
         err_console.print(f"rejected rows (with _reason): {summary['rejected']}", highlight=False)

@@ -121,7 +121,7 @@ def run_search(
             scheduler=make_scheduler(tune_cfg, max_t),
             max_concurrent_trials=max_concurrent,
             reuse_actors=tune_cfg.reuse_actors,
-            search_alg=BasicVariantGenerator(random_state=tune_cfg.seed),
+            search_alg=BasicVariantGenerator(random_state=tune_cfg.seed, max_concurrent=max_concurrent),
         ),
         run_config=tune.RunConfig(name=experiment, storage_path=storage_path, verbose=1),
     )
