@@ -59,7 +59,12 @@ def compile_forest(estimator: Any, task: str, check_X: np.ndarray) -> CompiledFo
         max_diff = float(np.abs(compiled - reference).max()) if len(X) else 0.0
         same_labels = True
         ok = max_diff <= _REGRESSION_RTOL * max(scale, 1.0)
-    report: dict[str, Any] = {"onnx": ok, "checked_rows": int(len(X)), "max_abs_diff": max_diff, "same_labels": same_labels}
+    report: dict[str, Any] = {
+        "onnx": ok,
+        "checked_rows": int(len(X)),
+        "max_abs_diff": max_diff,
+        "same_labels": same_labels,
+    }
     if not ok:
         report["reason"] = "compiled predictions differ from scikit-learn's on the held-out rows"
     return CompiledForest(model_bytes if ok else None, report)
