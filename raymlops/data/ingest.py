@@ -17,7 +17,14 @@ import ray
 
 from raymlops.data._errors import DataError
 
-__all__ = ["BUILTIN_DATASETS", "load_builtin", "read_source", "resolve_filesystem"]
+__all__ = [
+    "BUILTIN_DATASETS",
+    "detect_format",
+    "load_builtin",
+    "read_frame",
+    "read_source",
+    "resolve_filesystem",
+]
 
 
 def _sk_frame(loader: Callable[..., Any], rename: dict[str, str] | None = None) -> pd.DataFrame:
@@ -87,10 +94,15 @@ def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         raise DataError(f"cannot open data source {uri}: {err}") from None
 
 
+def _hidden(relative: str) -> bool:
+    """Files under a "."/"_" file or folder (e.g. a scoring run's _rejected/) are not data."""
+    return any(part.startswith((".", "_")) for part in relative.lstrip("/").split("/"))
+
+
 _FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
-def _detect_format(fs: pafs.FileSystem, path: str, uri: str) -> tuple[str, list[str]]:
+def detect_format(fs: pafs.FileSystem, path: str, uri: str) -> tuple[str, list[str]]:
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise DataError(f"data source not found: {uri}")
@@ -101,7 +113,7 @@ def _detect_format(fs: pafs.FileSystem, path: str, uri: str) -> tuple[str, list[
         files = sorted(
             f.path
             for f in fs.get_file_info(selector)
-            if f.type == pafs.FileType.File and not f.base_name.startswith((".", "_"))
+            if f.type == pafs.FileType.File and not _hidden(f.path[len(path) :])
         )
         if not files:
             raise DataError(f"data folder {uri} holds no .csv or .parquet files")
@@ -126,7 +138,7 @@ def read_source(source: str, *, override_num_blocks: int | None = None) -> ray.d
     if source.startswith("builtin://"):
         return ray.data.from_pandas(load_builtin(source.removeprefix("builtin://")))
     fs, path = resolve_filesystem(source)
-    fmt, files = _detect_format(fs, path, source)
+    fmt, files = detect_format(fs, path, source)
     kwargs: dict[str, Any] = {"filesystem": fs}
     if override_num_blocks:
         kwargs["override_num_blocks"] = override_num_blocks

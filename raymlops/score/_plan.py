@@ -19,7 +19,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raymlops.bundle import InputError
-from raymlops.data.ingest import _detect_format, resolve_filesystem
+from raymlops.data.ingest import detect_format, resolve_filesystem
 from raymlops.data.schema import TableSchema
 
 __all__ = ["JOB_FORMAT", "InputFile", "InputLayout", "JobPlan", "ScoreUnit", "csv_job_types", "plan_job"]
@@ -146,7 +146,7 @@ class JobPlan:
 
 def _list_files(input_uri: str) -> tuple[pafs.FileSystem, str, list[InputFile]]:
     fs, path = resolve_filesystem(input_uri)
-    fmt, paths = _detect_format(fs, path, input_uri)
+    fmt, paths = detect_format(fs, path, input_uri)
     infos = fs.get_file_info(paths)
     files = [InputFile(i.path, int(i.size or 0), i.mtime_ns) for i in infos]
     return fs, fmt, files

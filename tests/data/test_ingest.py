@@ -44,3 +44,11 @@ def test_unsupported_file_type_is_named(tmp_path):
     path.write_text("{}")
     with pytest.raises(DataError, match="data.json"):
         read_frame(str(path))
+
+
+def test_files_under_underscore_folders_are_not_read(ray_session, tmp_path, table):
+    folder = tmp_path / "scored"
+    (folder / "_rejected").mkdir(parents=True)
+    table.to_parquet(folder / "part-0.parquet")
+    table.head(3).to_parquet(folder / "_rejected" / "part-0.parquet")
+    assert len(read_frame(str(folder))) == 30
