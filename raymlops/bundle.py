@@ -18,6 +18,7 @@ import pandas as pd
 
 from raymlops.data.preprocess import FeaturePipeline
 from raymlops.data.schema import TableSchema
+from raymlops.errors import InputError
 from raymlops.train.onnx import onnx_scores
 
 __all__ = ["ModelBundle", "RowCheck", "InputError"]
@@ -30,10 +31,6 @@ FAST_PATH_FILE = "fast_path.json"
 # onnxruntime wins by ~1000x on one row (no joblib start-up) but loses to scikit-learn's
 # vectorised traversal on large batches (measured in benchmarks/train_forest.py).
 ONNX_MAX_ROWS = 4096
-
-
-class InputError(ValueError):
-    """Input that cannot be scored at all (e.g. a feature column missing from the whole batch)."""
 
 
 @dataclass

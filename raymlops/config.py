@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from raymlops.errors import ConfigError
+
 __all__ = [
     "ConfigError",
     "DataConfig",
@@ -52,10 +54,6 @@ METRIC_MODES: dict[str, Literal["max", "min"]] = {
 }
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-class ConfigError(ValueError):
-    """The pipeline file is unreadable or does not match the schema."""
 
 
 class _Strict(BaseModel):

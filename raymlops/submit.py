@@ -47,6 +47,8 @@ from typing import IO, Any
 
 import yaml
 
+from raymlops.errors import ClusterError
+
 __all__ = [
     "SUMMARY_PREFIX",
     "SubmitError",
@@ -70,7 +72,7 @@ _SOURCE_ROOT = Path(__file__).resolve().parent.parent
 _JOB_SCRIPT = _SOURCE_ROOT / "jobs" / "run_pipeline.py"
 
 
-class SubmitError(RuntimeError):
+class SubmitError(ClusterError):
     """The job could not be submitted or followed: bad address, refused token, unreadable input."""
 
 

@@ -1,4 +1,4 @@
-"""Exceptions raised by the model registry.
+"""Exceptions raised by the model registry, on the tree of :mod:`raymlops.errors`.
 
 Every message names the model, the version and, where one is involved, the file, because the person
 reading it is usually looking at a CLI error or a serving log and has no debugger attached.
@@ -6,20 +6,34 @@ reading it is usually looking at a CLI error or a serving log and has no debugge
 
 from __future__ import annotations
 
-__all__ = ["IntegrityError", "ModelNotFoundError", "RegistryError"]
+from raymlops.errors import ConfigError, NotFoundError, TrustError, UserError
+
+__all__ = ["IntegrityError", "InvalidNameError", "ModelNotFoundError", "RegistryError"]
 
 
-class RegistryError(Exception):
+class RegistryError(UserError):
     """Base class for every registry failure, so callers can catch them all at once."""
 
+    http_status = 500
 
-class ModelNotFoundError(RegistryError):
+
+class InvalidNameError(RegistryError, ConfigError):
+    """A model name, alias or reference that does not match the allowed pattern."""
+
+    http_status = 400
+
+
+class ModelNotFoundError(RegistryError, NotFoundError):
     """An unknown model, version or alias; the message lists what does exist to spot the typo."""
 
+    http_status = 404
 
-class IntegrityError(RegistryError):
+
+class IntegrityError(RegistryError, TrustError):
     """A version's files do not match the sha256 sums recorded when it was registered.
 
     Raised for a changed byte, a missing file or a file that was never registered (a planted file
-    is as dangerous as a changed one when loaders unpickle whatever they find).
+    is as dangerous as a changed one when loaders read whatever they find).
     """
+
+    http_status = 403

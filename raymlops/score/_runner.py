@@ -26,6 +26,7 @@ import ray
 
 from raymlops.cluster import ClusterInfo, connect
 from raymlops.data.schema import TableSchema
+from raymlops.errors import RaymlopsError, UserError
 
 from ._output import (
     JOB_FILE,
@@ -54,11 +55,11 @@ MIN_ROWS_PER_ACTOR = 100_000
 UNIT_DELAY_ENV = "RAYMLOPS_SCORE_UNIT_DELAY_S"
 
 
-class ScoreError(ValueError):
+class ScoreError(UserError):
     """The job was refused before it started (existing output, a resume that does not match, ...)."""
 
 
-class ScoreFailed(RuntimeError):
+class ScoreFailed(RaymlopsError):
     """The job ran but did not finish: a unit failed, or the counts on disk do not reconcile."""
 
 
