@@ -11,14 +11,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from raymlops.bundle import InputError, ModelBundle
     from raymlops.config import ConfigError, PipelineConfig, load_pipeline
+    from raymlops.errors import InputError, RaymlopsError, UserError
+    from raymlops.model import ModelBundle
     from raymlops.pipeline import run_pipeline, validate_pipeline
 
 _EXPORTS = {
     "ConfigError": "raymlops.config",
-    "InputError": "raymlops.bundle",
-    "ModelBundle": "raymlops.bundle",
+    "InputError": "raymlops.errors",
+    "ModelBundle": "raymlops.model",
+    "RaymlopsError": "raymlops.errors",
+    "UserError": "raymlops.errors",
     "PipelineConfig": "raymlops.config",
     "load_pipeline": "raymlops.config",
     "run_pipeline": "raymlops.pipeline",
@@ -30,6 +33,8 @@ __all__ = [
     "InputError",
     "ModelBundle",
     "PipelineConfig",
+    "RaymlopsError",
+    "UserError",
     "load_pipeline",
     "run_pipeline",
     "validate_pipeline",

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from raymlops.errors import ConfigError
 
@@ -24,9 +32,7 @@ __all__ = [
     "DataConfig",
     "DeployConfig",
     "FairnessConfig",
-    "ForestParams",
     "GateConfig",
-    "KerasParams",
     "ModelConfig",
     "MonitorConfig",
     "PipelineConfig",
@@ -53,7 +59,7 @@ METRIC_MODES: dict[str, Literal["max", "min"]] = {
     "r2": "max",
 }
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class _Strict(BaseModel):
@@ -154,76 +160,50 @@ class SearchSpace(_Strict):
         return self
 
 
-class KerasParams(_Strict):
-    hidden: list[int] = Field(default_factory=lambda: [64, 32])
-    activation: Literal["relu", "tanh", "gelu", "elu", "selu", "sigmoid"] = "relu"
-    dropout: float = Field(0.0, ge=0, lt=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    batch_size: int = Field(64, ge=1)
-    epochs: int = Field(20, ge=1)
-    seed: int = 0
-
-    @field_validator("hidden")
-    @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if any(n < 1 for n in v):
-            raise ValueError("hidden layer sizes must be positive")
-        return v
-
-
-class ForestParams(_Strict):
-    n_estimators: int = Field(100, ge=1)
-    max_depth: int | None = Field(None, ge=1)
-    min_samples_leaf: int | float = 1
-    max_features: Literal["sqrt", "log2"] | float | int | None = "sqrt"
-    class_weight: Literal["balanced", "balanced_subsample"] | None = None
-    bootstrap: bool = True
-    max_samples: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        description="Share of rows each tree's bootstrap draws; bounds per-tree memory and time",
-    )
-    random_state: int = 0
-
-
-PARAM_MODELS: dict[str, type[_Strict]] = {"keras": KerasParams, "random_forest": ForestParams}
-
-
 class ModelConfig(_Strict):
+    """One model entry: its kind, how it trains, its parameters and their search space.
+
+    ``params`` are checked by the kind itself (see :mod:`raymlops.model`): the built-in MLP and
+    the forest refuse unknown keys, ``kind: sklearn`` checks them against the estimator's own
+    ``get_params()``, a custom Keras ``builder`` receives the keys the training loop does not use.
+    """
+
     name: str
-    kind: Literal["keras", "random_forest"]
+    kind: str = Field(..., description="keras | random_forest | sklearn | xgboost")
     workers: int = Field(
-        1, ge=1, description="Training workers (Keras: data-parallel; forest: tree-parallel)"
+        1, ge=1, description="Training workers (Keras, XGBoost: data-parallel; forest: tree-parallel)"
     )
     use_gpu: Literal["auto"] | bool = "auto"
     max_failures: int = Field(0, ge=-1)
+    builder: str | None = Field(
+        None, description="kind keras: the user's 'package.module:function' that builds the network"
+    )
+    estimator: str | None = Field(
+        None, description="kind sklearn: the estimator class, e.g. sklearn.linear_model.LogisticRegression"
+    )
     params: dict[str, Any] = Field(default_factory=dict)
     search: dict[str, SearchSpace] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME_RE.match(v):
+        if not _NAME_RE.fullmatch(v):
             raise ValueError(f"model name {v!r} must be letters, digits, '_', '-', '.'")
         return v
 
     @model_validator(mode="after")
     def _params_for_kind(self) -> ModelConfig:
-        params_model = PARAM_MODELS[self.kind]
-        # Validate now so a typo fails at load time with its place; keep the dict for Tune.
-        params_model.model_validate(self.params)
-        unknown = sorted(set(self.search) - set(params_model.model_fields))
-        if unknown:
-            raise ValueError(
-                f"search has unknown parameter(s) {unknown} for kind {self.kind}; "
-                f"known: {sorted(params_model.model_fields)}"
-            )
-        return self
+        from raymlops.model import available_kinds, get_kind
 
-    def typed_params(self, overrides: dict[str, Any] | None = None) -> Any:
-        """The params (plus a trial's sampled overrides) as the kind's params model."""
-        return PARAM_MODELS[self.kind].model_validate({**self.params, **(overrides or {})})
+        if self.kind not in available_kinds():
+            raise ValueError(f"unknown model kind {self.kind!r}; known: {', '.join(available_kinds())}")
+        if self.builder is not None and self.kind != "keras":
+            raise ValueError("builder is only for kind keras")
+        if self.estimator is not None and self.kind != "sklearn":
+            raise ValueError("estimator is only for kind sklearn")
+        # Validate now so a typo fails at load time with its place; keep the dict for Tune.
+        get_kind(self.kind).check_config(self)
+        return self
 
 
 class TuneConfig(_Strict):
@@ -314,11 +294,17 @@ class PipelineConfig(_Strict):
     storage_path: str | None = Field(
         None, description="Ray Train/Tune storage; must be reachable from every node on a cluster"
     )
+    #: The pipeline file's folder: user modules (a Keras ``builder``) are imported from there.
+    _base_dir: str | None = PrivateAttr(default=None)
+
+    @property
+    def base_dir(self) -> str | None:
+        return self._base_dir
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME_RE.match(v):
+        if not _NAME_RE.fullmatch(v):
             raise ValueError(f"pipeline name {v!r} must be letters, digits, '_', '-', '.' (at most 64)")
         return v
 
@@ -367,6 +353,51 @@ def parse_pipeline(raw: Any, source: str = "<pipeline>") -> PipelineConfig:
         raise ConfigError(format_validation_error(err, source)) from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that means one thing: no repeated keys, no anchors or aliases.
+
+    A repeated key is silently resolved by PyYAML (a second, empty ``gate:`` would drop the
+    accuracy floor); aliases can expand a small file into a huge one (an "alias bomb") that would
+    then be copied into every version's metadata.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                "aliases (*name) are not allowed in pipeline files; repeat the value",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"key {key!r} appears twice (first at line {seen[key].line + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _StrictLoader.construct_mapping)
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """Parse YAML with :class:`_StrictLoader`; errors name the file, line and problem."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML: {err}") from None
+
+
 def load_pipeline(path: str | Path) -> PipelineConfig:
     """Read and validate a pipeline YAML file; relative data paths resolve against the file's folder."""
     path = Path(path)
@@ -374,11 +405,8 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
         text = path.read_text()
     except OSError as err:
         raise ConfigError(f"cannot read pipeline file {path}: {err.strerror or err}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    cfg = parse_pipeline(raw, str(path))
+    cfg = parse_pipeline(read_yaml(text, str(path)), str(path))
+    cfg._base_dir = str(path.resolve().parent)
     src = cfg.data.source
     if "://" not in src and not Path(src).is_absolute():
         candidate = (path.parent / src).resolve()

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from raymlops.bundle import ModelBundle
 from raymlops.cluster import connect
 from raymlops.config import PipelineConfig, config_hash
 from raymlops.data.fingerprint import fingerprint_frame
@@ -31,10 +30,12 @@ from raymlops.data.preprocess import FeaturePipeline
 from raymlops.data.schema import TableSchema
 from raymlops.data.split import split_frame
 from raymlops.data.validate import validate_training_frame
+from raymlops.errors import InputError
 from raymlops.evaluate.fairness import fairness_report
 from raymlops.evaluate.gate import evaluate_gate
 from raymlops.evaluate.metrics import bootstrap_interval, compute_metrics, confusion
-from raymlops.train.base import TrainedModel, TrainingData
+from raymlops.model import ModelBundle
+from raymlops.train import TrainedModel, TrainingData, train_model
 from raymlops.train.tune import resolve_metric
 
 __all__ = ["PreparedData", "prepare_data", "run_pipeline", "validate_pipeline"]
@@ -101,9 +102,7 @@ def prepare_data(cfg: PipelineConfig) -> PreparedData:
 def validate_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """Config and data checks only: nothing trains and nothing is written."""
     prepared = prepare_data(cfg)
-    for model in cfg.models:
-        resolve_metric(cfg.tune, prepared.schema.task)
-        model.typed_params()
+    resolve_metric(cfg.tune, prepared.schema.task)
     return {
         "pipeline": cfg.name,
         "source": cfg.data.source,
@@ -133,21 +132,6 @@ def _storage_path(cfg: PipelineConfig, store_uri: str) -> str:
     return os.path.join(store_uri.removeprefix("file://"), "_experiments")
 
 
-def _train_one(
-    cfg: PipelineConfig, model_cfg: Any, data: TrainingData, storage: str, resume: bool
-) -> TrainedModel:
-    experiment = f"{cfg.name}__{model_cfg.name}"
-    if model_cfg.kind == "random_forest":
-        from raymlops.train.forest import tune_forest
-
-        return tune_forest(
-            model_cfg, cfg.tune, data, storage_path=storage, experiment=experiment, resume=resume
-        )
-    from raymlops.train.keras import tune_keras
-
-    return tune_keras(model_cfg, cfg.tune, data, storage_path=storage, experiment=experiment, resume=resume)
-
-
 def _champion(store: Any, name: str, test: pd.DataFrame, schema: TableSchema) -> dict[str, Any] | None:
     """The current champion re-scored on this run's held-out rows (None when there is none)."""
     from raymlops.registry import ModelNotFoundError
@@ -162,12 +146,12 @@ def _champion(store: Any, name: str, test: pd.DataFrame, schema: TableSchema) ->
     if schema.task == "classification" and list(bundle.classes or []) != list(schema.classes or []):
         return {"version": version.version, "metrics": {}, "note": "champion was trained on other classes"}
     try:
-        check = bundle.check_rows(test)
-    except ValueError as err:  # InputError: a feature the champion needs is gone from this data
+        scored = bundle.score(test)
+    except InputError as err:  # a feature the champion needs is gone from this data
         return {"version": version.version, "metrics": {}, "note": f"champion cannot score these rows: {err}"}
-    if check.n_rejected:
+    if scored.n_rejected:
         return {"version": version.version, "metrics": {}, "note": "champion cannot score these rows"}
-    scores = bundle.scores(bundle.transform(check.frame))
+    scores = scored.scores
     y = _encode_champion_target(test[schema.target], bundle.schema)
     return {
         "version": version.version,
@@ -207,14 +191,15 @@ def run_pipeline(
     prepared = prepare_data(cfg)
     schema = prepared.schema
     features = FeaturePipeline(cfg.preprocess).fit(prepared.train, schema)
-    data = TrainingData(
-        X_train=features.transform(prepared.train),
-        y_train=_encode_target(prepared.train[schema.target], schema),
-        X_val=features.transform(prepared.val),
-        y_val=_encode_target(prepared.val[schema.target], schema),
-        task=schema.task,
-        classes=schema.classes,
-        feature_names=features.feature_names_,
+    plan = features.to_plan()
+    data = TrainingData.from_arrays(
+        features.transform(prepared.train),
+        _encode_target(prepared.train[schema.target], schema),
+        features.transform(prepared.val),
+        _encode_target(prepared.val[schema.target], schema),
+        schema.task,
+        schema.classes,
+        plan.feature_names,
     )
     X_test = features.transform(prepared.test)
     y_test = _encode_target(prepared.test[schema.target], schema)
@@ -223,8 +208,16 @@ def run_pipeline(
 
     results = []
     for model_cfg in cfg.models:
-        trained = _train_one(cfg, model_cfg, data, storage, resume)
-        bundle = ModelBundle(trained.kind, trained.estimator, features, schema)
+        trained = train_model(
+            model_cfg,
+            cfg.tune,
+            data,
+            storage_path=storage,
+            experiment=f"{cfg.name}__{model_cfg.name}",
+            resume=resume,
+            base_dir=cfg.base_dir,
+        )
+        bundle = ModelBundle.from_estimator(trained.kind, trained.estimator, plan, schema)
         scores = bundle.scores(X_test)
         test_metrics = compute_metrics(schema.task, y_test, scores, data.n_classes)
         results.append((trained, bundle, scores, test_metrics))
@@ -256,6 +249,7 @@ def run_pipeline(
     gate = evaluate_gate(cfg.gate, metrics, metric=metric, champion=champion, fairness=cfg.fairness)
 
     metadata = {
+        **best_trained.metadata,
         "kind": best_trained.kind,
         "model": best_trained.name,
         "task": schema.task,
@@ -285,7 +279,9 @@ def run_pipeline(
     }
     with tempfile.TemporaryDirectory(prefix="raymlops-version-") as tmp:
         folder = Path(tmp)
-        best_bundle.save(folder, check_X=X_test)
+        fast_path = best_bundle.save(folder, check_X=X_test)
+        if fast_path:
+            metadata["fast_path"] = fast_path
         governance = _governance(
             folder, cfg, best_bundle, prepared, y_test, np.asarray(best_scores), metric, metadata
         )

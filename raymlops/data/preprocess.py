@@ -16,7 +16,7 @@ from ray.data.preprocessor import Preprocessor
 from ray.data.preprocessors import MinMaxScaler, OneHotEncoder, StandardScaler
 
 from raymlops.config import PreprocessStep
-from raymlops.data.schema import TableSchema
+from raymlops.model import FeaturePlan, PlanStep, TableSchema
 
 __all__ = ["FeaturePipeline"]
 
@@ -186,3 +186,16 @@ class FeaturePipeline:
     @property
     def n_features_out(self) -> int:
         return len(self.feature_names_)
+
+    def to_plan(self) -> FeaturePlan:
+        """The fitted steps as the plain-number plan a model version stores (``features.json``)."""
+        steps = []
+        for kind, spec in self.plan_:
+            if kind == "onehot":
+                column, lookup = spec
+                cats = tuple(c for c, _ in sorted(lookup.items(), key=lambda kv: kv[1]))
+                steps.append(PlanStep(column, categories=cats))
+            else:
+                column, scale, shift = spec
+                steps.append(PlanStep(column, scale=float(scale), shift=float(shift)))
+        return FeaturePlan(steps)

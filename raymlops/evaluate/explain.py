@@ -1,6 +1,6 @@
 """Model-agnostic explanations on raw feature columns: permutation importance and partial dependence.
 
-Both work through :class:`~raymlops.bundle.ModelBundle` (check → transform → scores), so they explain
+Both work through :meth:`~raymlops.model.ModelBundle.score` (check → transform → scores), so they explain
 what a user feeds the model, whatever the model kind: a one-hot-encoded category is permuted as one
 column, not as ten unrelated indicator columns, and a Keras network is explained exactly like a forest.
 
@@ -34,12 +34,12 @@ def _clean_sample(
     bundle: Any, frame: pd.DataFrame, max_rows: int, seed: int
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """The scorable rows of ``frame`` (at most ``max_rows``, drawn at random) and their positions."""
-    check = bundle.check_rows(frame)
+    check = bundle.check(frame)
     positions = np.flatnonzero(check.valid)
     if len(positions) > max_rows:
         rng = np.random.default_rng(seed)
         positions = np.sort(rng.choice(positions, size=max_rows, replace=False))
-    clean = check.frame.iloc[positions].reset_index(drop=True)
+    clean = pd.DataFrame(check.columns(bundle.schema, positions))
     return clean, positions
 
 
@@ -54,7 +54,7 @@ def _score_copies(bundle: Any, copies: list[pd.DataFrame]) -> list[np.ndarray]:
         if not batch:
             return
         stacked = pd.concat(batch, ignore_index=True)
-        scores = np.asarray(bundle.scores(bundle.transform(stacked)))
+        scores = np.asarray(bundle.score(stacked).scores)
         start = 0
         for part in batch:
             out.append(scores[start : start + len(part)])
@@ -103,7 +103,7 @@ def permutation_importance(
     fallback = "accuracy" if task == "classification" else "rmse"
     if metric not in METRIC_MODES:
         metric = fallback
-    baseline_scores = np.asarray(bundle.scores(bundle.transform(clean)))
+    baseline_scores = np.asarray(bundle.score(clean).scores)
     try:
         baseline = metric_value(task, metric, y_sample, baseline_scores, n_classes)
     except (KeyError, ValueError):  # e.g. ROC AUC on a sample that lacks a class

@@ -15,7 +15,7 @@ import pandas as pd
 from raymlops.evaluate.reference import load_reference
 from raymlops.monitor._drift import Thresholds, batch_stats, finalize, merge_stats, spec_from_reference
 from raymlops.monitor._feedback import KEY, LABEL, JoinPlan, evaluate_joined, join_batch, plan_join
-from raymlops.monitor._scoring import PREDICTION_COLUMN, cached_bundle, labels_from_scores, score_batch
+from raymlops.monitor._scoring import PREDICTION_COLUMN, cached_bundle, labels_from_scores_of, score_batch
 
 __all__ = ["DRIFT_EXIT_CODE", "monitor", "thresholds_for"]
 
@@ -79,7 +79,7 @@ def _stats_batch(
         if served is not None:
             predictions = predictions[served]
     elif mode == "scored" and scores is not None and valid is not None:
-        predictions = labels_from_scores(cached_bundle(store_uri, model_ref), scores)
+        predictions = labels_from_scores_of(cached_bundle(store_uri, model_ref), scores)
         unscorable = int((~valid).sum())
     stats = batch_stats(
         batch,
@@ -181,9 +181,9 @@ def monitor(
     """
     import ray
 
-    from raymlops.bundle import ModelBundle
     from raymlops.cluster import connect
     from raymlops.data.ingest import read_source
+    from raymlops.model import ModelBundle
     from raymlops.registry import ModelStore
 
     started = time.time()

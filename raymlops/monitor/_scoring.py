@@ -6,22 +6,23 @@ import threading
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-__all__ = ["PREDICTION_COLUMN", "cached_bundle", "labels_from_scores", "proba_columns", "score_batch"]
+from raymlops.model import PREDICTION, labels_from_scores, proba_columns
 
-PREDICTION_COLUMN = "prediction"
+__all__ = ["PREDICTION_COLUMN", "cached_bundle", "labels_from_scores_of", "proba_columns", "score_batch"]
+
+PREDICTION_COLUMN = PREDICTION
 _CACHE: dict[tuple[str, str], Any] = {}
 _LOCK = threading.Lock()
 
 
 def cached_bundle(store_uri: str, model_ref: str) -> Any:
-    """The version's :class:`~raymlops.bundle.ModelBundle`, loaded (and sha256-checked) once per process.
+    """The version's :class:`~raymlops.model.ModelBundle`, loaded (and verified) once per process.
 
     Ray reuses worker processes across tasks, so a monitor over a thousand blocks loads the model
     a handful of times, not a thousand.
     """
-    from raymlops.bundle import ModelBundle
+    from raymlops.model import ModelBundle
 
     key = (store_uri, model_ref)
     with _LOCK:
@@ -30,29 +31,16 @@ def cached_bundle(store_uri: str, model_ref: str) -> Any:
         return _CACHE[key]
 
 
-def proba_columns(classes: list[Any] | None) -> list[str]:
-    return [f"proba_{c}" for c in classes or []]
-
-
-def score_batch(bundle: Any, batch: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def score_batch(bundle: Any, batch: Any) -> tuple[np.ndarray, np.ndarray]:
     """Scores for the rows the model accepts, and the mask of those rows.
 
     Returns:
         ``(scores, valid)``: scores has one row per valid row ((m, k) probabilities or (m,) values).
     """
-    check = bundle.check_rows(batch)
-    valid = check.valid
-    if not valid.any():
-        k = len(bundle.classes or [])
-        empty = np.zeros((0, k)) if bundle.schema.task == "classification" else np.zeros(0)
-        return empty, valid
-    scores = np.asarray(bundle.scores(bundle.transform(check.frame[valid])))
-    return scores, valid
+    scored = bundle.score(batch)
+    return np.asarray(scored.scores), scored.valid
 
 
-def labels_from_scores(bundle: Any, scores: np.ndarray) -> np.ndarray:
+def labels_from_scores_of(bundle: Any, scores: np.ndarray) -> np.ndarray:
     """Predicted class labels (classification) or the predictions themselves (regression)."""
-    if bundle.schema.task == "classification":
-        classes = np.asarray(bundle.classes, dtype=object)
-        return classes[scores.argmax(axis=1)] if len(scores) else np.zeros(0, dtype=object)
-    return np.asarray(scores, dtype="float64").reshape(-1)
+    return labels_from_scores(bundle.schema, scores)

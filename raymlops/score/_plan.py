@@ -18,9 +18,9 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raymlops.bundle import InputError
 from raymlops.data.ingest import detect_format, resolve_filesystem
 from raymlops.data.schema import TableSchema
+from raymlops.errors import InputError
 
 __all__ = ["JOB_FORMAT", "InputFile", "InputLayout", "JobPlan", "ScoreUnit", "csv_job_types", "plan_job"]
 

@@ -27,6 +27,7 @@ import ray
 from raymlops.cluster import ClusterInfo, connect
 from raymlops.data.schema import TableSchema
 from raymlops.errors import RaymlopsError, UserError
+from raymlops.model import get_kind
 
 from ._output import (
     JOB_FILE,
@@ -82,9 +83,10 @@ def pool_size(
 ) -> PoolSize:
     """How many scoring actors, and what each reserves.
 
-    Keras models take one GPU per actor when the cluster has GPUs. Otherwise one actor per core (an
-    embedded Ray advertises twice the cores as logical CPUs, but the model only runs as fast as the
-    cores), never more than there are units, and, unless ``workers`` says otherwise, one per
+    Kinds that score on a GPU (Keras) take one GPU per actor when the cluster has GPUs. Otherwise
+    one actor per core (an embedded Ray advertises twice the cores as logical CPUs, but the model
+    only runs as fast as the cores), never more than there are units, and, unless ``workers`` says
+    otherwise, one per
     :data:`MIN_ROWS_PER_ACTOR` rows: starting an actor costs seconds (imports, model load), more than
     scoring a small input. Each actor reserves at most ``cpus / (actors + 1)`` CPUs so Ray Data
     always keeps a CPU for its own tasks: 2 actors × 1 CPU on a 2-CPU cluster deadlocks, fractional
@@ -93,7 +95,7 @@ def pool_size(
     n_units = max(1, n_units)
     if rows is not None and not workers:
         n_units = min(n_units, max(1, math.ceil(rows / MIN_ROWS_PER_ACTOR)))
-    if kind == "keras" and cluster.gpus >= 1:
+    if get_kind(kind).gpu_scoring and cluster.gpus >= 1:
         actors = min(workers or int(cluster.gpus), int(cluster.gpus), n_units)
         return PoolSize(actors, min(1.0, cluster.cpus / (actors + 1)), 1.0)
     if workers:
@@ -112,15 +114,14 @@ def _load_schema(ref: str, store: str | None) -> tuple[str, str, str, TableSchem
 
     The driver never loads the estimator: Keras in the driver would hold GPU memory the actors need.
     """
-    from raymlops.bundle import ModelBundle
+    from raymlops.model import output_columns
     from raymlops.registry import ModelStore
 
     st = ModelStore(store)
     version, folder = st.fetch(ref)
     schema = TableSchema.from_dict(json.loads((folder / "schema.json").read_text()))
     kind = str(version.metadata.get("kind", "random_forest"))
-    # Output column names come from the bundle's own rule, which depends on the schema only.
-    outputs = ModelBundle(kind, None, None, schema, version.metadata).output_columns  # type: ignore[arg-type]
+    outputs = output_columns(schema)
     return f"{version.name}:{version.version}", st.uri, kind, schema, outputs
 
 

@@ -22,7 +22,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from raymlops.bundle import InputError, ModelBundle
+from raymlops.errors import InputError
+from raymlops.model import ModelBundle, ScoredRows
+from raymlops.model import prediction_schema as _prediction_schema
 from raymlops.registry._fsutil import remove_quietly
 
 from ._output import UNIT_METADATA_KEY, OutputLocation, UnitResult, commit_unit
@@ -54,9 +56,9 @@ class WorkerConfig:
     Args:
         model: the exact ``NAME:VERSION`` (never an alias: every actor must load the same version).
         store: the model store URI.
-        kind: the model kind (``random_forest`` or ``keras``), to set threads before loading it.
+        kind: the model kind (for sizing the actor pool).
         keep: the pass-through columns, in order.
-        unknown_category: ``ignore`` or ``reject`` (see :meth:`ModelBundle.check_rows`).
+        unknown_category: ``ignore`` or ``reject`` (see :meth:`ModelBundle.score`).
         layout: the input filesystem and the Arrow types of kept columns and CSV reads.
         out: where scored parts go.
         rejected: where rejected parts go.
@@ -79,23 +81,9 @@ class WorkerConfig:
 
 
 def prediction_schema(bundle: ModelBundle) -> pa.Schema:
-    """Arrow types of the model's output columns, taken from the bundle's own predictions frame."""
-    k = len(bundle.classes or [])
-    sample = np.eye(max(k, 1))[:1, :k] if bundle.schema.task == "classification" else np.zeros(1)
-    frame = bundle.predictions_frame(sample)
-    return pa.Schema.from_pandas(frame, preserve_index=False).remove_metadata()
-
-
-def _set_threads(threads: int, kind: str) -> None:
-    pa.set_cpu_count(max(1, threads))
-    if kind == "keras":
-        try:
-            import tensorflow as tf
-
-            tf.config.threading.set_intra_op_parallelism_threads(max(1, threads))
-            tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
-        except Exception:  # threads already fixed (TF initialised) or TF absent: keep its defaults
-            pass
+    """Arrow types of the model's output columns (defined once, in the model layer)."""
+    schema: pa.Schema = _prediction_schema(bundle.schema)
+    return schema
 
 
 def _dictionary(schema: pa.Schema) -> list[str]:
@@ -220,7 +208,7 @@ class _Unit:
     def _convert(self, raw: pa.Table) -> tuple[pa.Table, np.ndarray]:
         """Tolerant CSV: give text columns their job types; values that do not convert are flagged.
 
-        Numeric features stay text: :meth:`ModelBundle.check_rows` parses them and names the bad value.
+        Numeric features stay text: :meth:`ModelBundle.score` parses them and names the bad value.
         """
         read_schema = self.cfg.layout.csv_read
         assert read_schema is not None
@@ -247,11 +235,13 @@ class _Unit:
             return
         table, extra = self._convert(raw) if tolerant else (raw, None)
         present = [c for c in self.features if c in table.column_names]
-        check = None
+        scored: ScoredRows | None = None
         try:
-            frame = table.select(present).to_pandas(split_blocks=True)
-            check = self.bundle.check_rows(frame, unknown_category=self.cfg.unknown_category)
-            reasons, valid = check.reasons, check.valid
+            scored = self.bundle.score(table.select(present), unknown_category=self.cfg.unknown_category)  # type: ignore[arg-type]
+            valid = scored.valid
+            reasons = (
+                scored.check.reasons if scored.check.reasons is not None else np.full(n, None, dtype=object)
+            )
         except InputError as err:  # a feature column missing from this file: none of its rows can be scored
             reasons, valid = np.full(n, str(err), dtype=object), np.zeros(n, dtype=bool)
         if extra is not None:
@@ -260,32 +250,31 @@ class _Unit:
                 reasons = np.where(valid & has_extra, extra, reasons)
                 valid = valid & ~has_extra
         n_valid = int(valid.sum())
-        if n_valid and check is not None:
-            self._write_scored(
-                table, check.frame if n_valid == n else check.frame[valid], valid, n_valid == n
-            )
+        if n_valid and scored is not None:
+            self._write_scored(table, scored, valid)
             self.scored += n_valid
         if n_valid < n:
             bad_rows = raw if n_valid == 0 else raw.filter(pa.array(~valid))
             rows = np.arange(first_row, first_row + n, dtype=np.int64)[~valid]
             self._reject(bad_rows, [str(r) for r in reasons[~valid]], pa.array(rows))
 
-    def _write_scored(self, table: pa.Table, clean: pd.DataFrame, valid: np.ndarray, all_valid: bool) -> None:
-        scores = self.bundle.scores(self.bundle.transform(clean))
-        preds = pa.Table.from_pandas(
-            self.bundle.predictions_frame(scores), schema=self.pred_schema, preserve_index=False
-        )
-        mask = None if all_valid else pa.array(valid)
+    def _write_scored(self, table: pa.Table, scored: ScoredRows, valid: np.ndarray) -> None:
+        """Kept columns and predictions of the valid rows (``valid`` may be narrower than the model's)."""
+        keep = valid[scored.valid]  # of the rows the model scored, those still valid after CSV conversion
+        preds = scored.to_arrow()
+        if not keep.all():
+            preds = preds.filter(pa.array(keep))
+        mask = None if valid.all() else pa.array(valid)
+        numeric_pos = {c: j for j, c in enumerate(self.bundle.schema.numeric)}
         arrays: list[pa.Array | pa.ChunkedArray] = []
         for fld in self.kept_schema:
             if fld.name not in table.column_names:
-                arrays.append(pa.nulls(len(clean), fld.type))
+                arrays.append(pa.nulls(preds.num_rows, fld.type))
                 continue
             col = table.column(fld.name)
-            if col.type != fld.type and fld.name in self.numeric:
-                arrays.append(
-                    pa.array(clean[fld.name].to_numpy(dtype=np.float64)).cast(fld.type)
-                )  # as parsed
+            if col.type != fld.type and fld.name in numeric_pos:  # CSV text: the value as parsed
+                parsed = scored.check.numeric[valid, numeric_pos[fld.name]]
+                arrays.append(pa.array(parsed).cast(fld.type))
                 continue
             if mask is not None:
                 col = col.filter(mask)
@@ -401,8 +390,10 @@ class UnitScorer:
         self.cfg = cfg
         self.error: str | None = None
         try:
-            _set_threads(cfg.threads, cfg.kind)
-            self.bundle = ModelBundle.load(cfg.model, cfg.store)  # sha256-verified by the registry
+            pa.set_cpu_count(max(1, cfg.threads))
+            self.bundle = ModelBundle.load(
+                cfg.model, cfg.store, threads=cfg.threads
+            )  # verified by the registry
             self.pred_schema = prediction_schema(self.bundle)
         except Exception as err:  # reported with every unit of this actor, see __call__
             log.exception("loading %s failed", cfg.model)

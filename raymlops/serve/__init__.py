@@ -2,7 +2,7 @@
 
 ``raymlops serve REF...`` runs :func:`start_server`; ``raymlops serve config REF... -o FILE`` writes
 :func:`write_serve_config`; a Serve config or RayService imports :func:`build_app`
-(``raymlops.serve.app:build_app``). Predictions go through :class:`raymlops.bundle.ModelBundle`,
+(``raymlops.serve.app:build_app``). Predictions go through :meth:`raymlops.model.ModelBundle.score`,
 like batch scoring, so both give the same answer for the same row.
 """
 

@@ -29,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.requests import Request
 from starlette.responses import Response
 
-from raymlops.bundle import ModelBundle
 from raymlops.config import ServeOptions
+from raymlops.model import ModelBundle, label_dtype
 
 from ._auth import ApiKeyCheck
 from ._metrics import ServeMetrics
@@ -688,8 +688,8 @@ def _label_datatype(bundle: ModelBundle) -> str:
 
     if bundle.schema.task != "classification":
         return "FP64"
-    frame = bundle.predictions_frame(np.zeros((1, len(bundle.classes or [])) if bundle.classes else (1, 0)))
-    return prediction_datatype(frame["prediction"].to_numpy())
+    classes = list(bundle.classes or [])
+    return prediction_datatype(np.asarray(classes[:1], dtype=label_dtype(classes)))
 
 
 def _model_facts(bundle: ModelBundle) -> dict[str, Any]:

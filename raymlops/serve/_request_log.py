@@ -3,7 +3,7 @@
 Each replica buffers the sampled rows in memory and a background thread writes them as one Parquet
 file per model and flush, under ``<uri>/<model>/date=YYYY-MM-DD/``, on any pyarrow filesystem. The
 request path only pays for sampling and a frame copy; file writes never block an answer. Inputs are
-logged as the model saw them (after :meth:`ModelBundle.check_rows`), next to the same prediction
+logged as the model saw them (after the model's row checks), next to the same prediction
 columns ``raymlops score`` writes, so drift checks and feedback joins read both alike.
 """
 
@@ -66,13 +66,13 @@ class RequestLog:
         version: int,
         protocol: str,
         request_id: str | None,
-        inputs: pd.DataFrame,
+        inputs: dict[str, np.ndarray],
         labels: np.ndarray,
         probabilities: np.ndarray | None,
         classes: list[Any] | None,
     ) -> None:
         """Buffer one request's rows with their predictions."""
-        frame = inputs.reset_index(drop=True).copy()
+        frame = pd.DataFrame(inputs)
         frame.insert(0, "served_at", pd.Timestamp(datetime.now(timezone.utc)))
         frame.insert(1, "request_id", request_id or "")
         frame.insert(2, "model_name", model)

@@ -1,10 +1,8 @@
-"""Scoring a batch of requests with one model version: the same ModelBundle code as batch scoring.
+"""Scoring a batch of requests with one model version: the same ModelBundle path as batch scoring.
 
-Rows are checked with :meth:`ModelBundle.check_rows`, transformed with the fitted preprocessing and
-scored with :meth:`ModelBundle.scores`, exactly as ``raymlops score`` does, so a served prediction
-equals the batch one. Those pandas steps cost milliseconds per call whatever the row count, which is
-why requests are merged into one frame per batch (``@serve.batch``): 32 one-row requests then cost
-about as much as one.
+Rows go through :meth:`ModelBundle.score`, exactly as ``raymlops score`` does, so a served
+prediction equals the batch one. Requests that arrive together are merged into one call
+(``@serve.batch``): the fixed cost per call is then paid once for all of them.
 """
 
 from __future__ import annotations
@@ -16,9 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from raymlops.bundle import ModelBundle
+from raymlops.model import ModelBundle
 
 from ._protocols import Columns
 
@@ -35,13 +32,13 @@ class ScoreOutcome:
         labels: predicted labels (or values), one per row; None when rows were rejected.
         probabilities: class probabilities (n, k) for a classifier, else None.
         error: why rows were rejected (names row, column and value), or None.
-        inputs: the checked input rows as the model saw them (for the request log).
+        inputs: the checked input rows as the model saw them, per feature (for the request log).
     """
 
     labels: np.ndarray | None
     probabilities: np.ndarray | None
     error: str | None
-    inputs: pd.DataFrame | None = None
+    inputs: dict[str, np.ndarray] | None = None
 
 
 def _merge(parts: list[Columns], features: list[str]) -> dict[str, Any]:
@@ -64,63 +61,36 @@ def _reject_message(reasons: np.ndarray, start: int, n_rows: int) -> str:
     return f"{len(bad)} of {n_rows} row(s) cannot be scored: {shown}{more}"
 
 
-def _overflow_reason(clean: pd.DataFrame, label: Any, bundle: ModelBundle) -> str:
-    limit = float(np.finfo(np.float32).max)
-    for col in bundle.schema.numeric:
-        value = clean.at[label, col]
-        if abs(float(value)) > limit:
-            return f"{col}: {float(value)!r} is out of range for the model (float32)"
-    return "a value is out of range for the model (not finite after preprocessing)"
-
-
 def score_batch(bundle: ModelBundle, parts: list[Columns]) -> list[ScoreOutcome]:
     """Check, transform and score several requests' rows at once; one outcome per request.
 
     A request with a bad row is rejected on its own; the other requests in the batch are scored.
     """
-    features = bundle.schema.features
-    frame = pd.DataFrame(_merge(parts, features), columns=features)
-    check = bundle.check_rows(frame)
-    valid = check.valid
-    reasons = check.reasons
-    clean = check.frame if valid.all() else check.frame.iloc[np.flatnonzero(valid)]
-    labels: np.ndarray | None = None
-    probabilities: np.ndarray | None = None
-    if len(clean):
-        X = bundle.transform(clean)
-        overflow = ~np.isfinite(X).all(axis=1) if X.dtype.kind == "f" else np.zeros(len(X), dtype=bool)
-        if overflow.any():  # finite in float64 but not in the model's float32 input: the client's value
-            valid, reasons = valid.copy(), reasons.copy()
-            for pos in np.flatnonzero(valid)[overflow]:
-                valid[pos], reasons[pos] = False, _overflow_reason(clean, frame.index[pos], bundle)
-            X, clean = X[~overflow], clean[~overflow]
-        if len(clean):
-            scores = bundle.scores(X)
-            predictions = bundle.predictions_frame(scores)
-            labels = predictions["prediction"].to_numpy()
-            if bundle.schema.task == "classification":
-                probabilities = np.asarray(scores, dtype=np.float64)
+    scored = bundle.score(_merge(parts, bundle.schema.features))
+    valid = scored.valid
     all_valid = bool(valid.all())
-    # Map each request's rows to positions among the scored rows.
-    scored_pos = np.cumsum(valid) - 1
+    probabilities = scored.probabilities
+    scored_pos = np.cumsum(valid) - 1  # each row's position among the scored rows
     outcomes: list[ScoreOutcome] = []
     start = 0
     for part in parts:
         stop = start + part.n_rows
         if all_valid or valid[start:stop].all():
-            lo = int(scored_pos[start])
+            lo = int(scored_pos[start]) if part.n_rows else 0
             hi = lo + part.n_rows
-            assert labels is not None
             outcomes.append(
                 ScoreOutcome(
-                    labels=labels[lo:hi],
+                    labels=scored.labels[lo:hi],
                     probabilities=None if probabilities is None else probabilities[lo:hi],
                     error=None,
-                    inputs=check.frame.iloc[start:stop],
+                    inputs=scored.check.columns(bundle.schema, np.arange(start, stop)),
                 )
             )
         else:
-            outcomes.append(ScoreOutcome(None, None, _reject_message(reasons, start, part.n_rows)))
+            assert scored.check.reasons is not None
+            outcomes.append(
+                ScoreOutcome(None, None, _reject_message(scored.check.reasons, start, part.n_rows))
+            )
         start = stop
     return outcomes
 

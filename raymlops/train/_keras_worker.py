@@ -67,6 +67,8 @@ def build_model(spec: dict[str, Any]) -> Any:
     import keras
 
     keras.utils.set_random_seed(int(spec["seed"]))
+    if spec.get("builder"):
+        return _build_user_model(spec)
     layers: list[Any] = [keras.Input(shape=(int(spec["n_features"]),), name="features")]
     for i, width in enumerate(spec["hidden"]):
         layers.append(keras.layers.Dense(int(width), activation=spec["activation"], name=f"dense_{i}"))
@@ -79,6 +81,36 @@ def build_model(spec: dict[str, Any]) -> Any:
         scale, offset = float(spec["y_std"]), float(spec["y_mean"])
         layers.append(keras.layers.Rescaling(scale=scale, offset=offset, name="prediction"))
     return keras.Sequential(layers, name="raymlops_mlp")
+
+
+def _build_user_model(spec: dict[str, Any]) -> Any:
+    """The user's network from ``builder(n_features, n_outputs, task, params)``.
+
+    A classifier must end in class probabilities (softmax). A regressor's single output learns the
+    standardized target; the saved model rescales it to original units, like the built-in MLP.
+    """
+    import keras
+
+    from raymlops.model.keras import resolve_builder
+
+    builder = resolve_builder(str(spec["builder"]), spec.get("builder_path"))
+    task = str(spec["task"])
+    n_outputs = int(spec["n_classes"]) if task == "classification" else 1
+    model = builder(int(spec["n_features"]), n_outputs, task, dict(spec.get("builder_params") or {}))
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"builder {spec['builder']!r} returned {type(model).__name__}, not a keras.Model")
+    out_shape = tuple(model.outputs[0].shape)
+    if out_shape[-1] != n_outputs:
+        raise ValueError(
+            f"builder {spec['builder']!r} makes {out_shape[-1]} outputs; {task} needs {n_outputs}"
+        )
+    if task == "classification":
+        return model
+    inputs = keras.Input(shape=(int(spec["n_features"]),), name="features")
+    scaled = keras.layers.Rescaling(float(spec["y_std"]), float(spec["y_mean"]), name="prediction")(
+        model(inputs)
+    )
+    return keras.Model(inputs, scaled, name=f"{model.name}_rescaled")
 
 
 def weights_digest(model: Any) -> tuple[float, int]:

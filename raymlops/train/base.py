@@ -1,30 +1,121 @@
-"""What every model kind trains on and hands back to the pipeline."""
+"""What every model kind trains on and hands back to the pipeline.
+
+Training data are Ray Datasets: the driver holds references and statistics, never the rows.
+Data-parallel kinds (Keras, XGBoost) give each Ray Train worker its shard; kinds whose estimator
+needs the whole split in memory (scikit-learn) get it from Ray's object store, materialized once
+by a Ray task, inside the trial or task that fits.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import ray
 
-__all__ = ["TrainedModel", "TrainingData"]
+__all__ = ["SplitArrays", "TrainedModel", "TrainingData", "dataset_from_arrays"]
+
+X_COLUMN = "x"
+Y_COLUMN = "y"
+_BLOCK_ROWS = 50_000
+
+
+def dataset_from_arrays(X: np.ndarray, y: np.ndarray, *, block_rows: int = _BLOCK_ROWS) -> Any:
+    """A Dataset with one float32 tensor column ``x`` and the encoded target ``y`` (tests, small data)."""
+    import pyarrow as pa
+    from ray.data.extensions import ArrowTensorArray
+
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    n = len(X)
+    parts = []
+    for idx in np.array_split(np.arange(n), max(1, math.ceil(n / block_rows))):
+        parts.append(pa.table({X_COLUMN: ArrowTensorArray.from_numpy(X[idx]), Y_COLUMN: np.asarray(y)[idx]}))
+    return ray.data.from_arrow(parts)
+
+
+def _collect(ds: Any) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        xs.append(np.asarray(batch[X_COLUMN], dtype=np.float32))
+        ys.append(np.asarray(batch[Y_COLUMN]))
+    if not xs:
+        raise ValueError("the split has no rows")
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+_collect_remote = ray.remote(num_cpus=0.5)(_collect)
+
+
+@dataclass
+class SplitArrays:
+    """One split as (X, y) arrays in Ray's object store; the driver holds only the reference.
+
+    Reading them in a task or actor on the same node is zero-copy.
+    """
+
+    ref: Any
+
+    @classmethod
+    def of(cls, ds: Any) -> SplitArrays:
+        return cls(_collect_remote.remote(ds))
+
+    def get(self) -> tuple[np.ndarray, np.ndarray]:
+        X, y = ray.get(self.ref)
+        return X, y
 
 
 @dataclass
 class TrainingData:
-    """Preprocessed arrays for one experiment.
+    """The preprocessed train and validation splits of one run, and what trainers need to know.
 
-    ``y`` holds class indices (0..k-1) for classification, so every model kind agrees on the label
-    encoding; ``classes`` maps indices back to the original labels.
+    Attributes:
+        train, val: Ray Datasets with a float32 tensor column ``x`` and the encoded target ``y``:
+            class indices 0..k-1 (so every kind agrees on the encoding) or float32 values.
+        task: classification or regression.
+        classes: the original labels, in index order (classification).
+        feature_names: names of the columns of ``x``.
+        n_train, n_val: rows in each split.
+        y_mean, y_std: the training target's mean and spread (regression; 0 and 1 otherwise).
     """
 
-    X_train: np.ndarray
-    y_train: np.ndarray
-    X_val: np.ndarray
-    y_val: np.ndarray
+    train: Any
+    val: Any
     task: Literal["classification", "regression"]
     classes: list[Any] | None
     feature_names: list[str]
+    n_train: int
+    n_val: int
+    y_mean: float = 0.0
+    y_std: float = 1.0
+    _arrays: dict[str, SplitArrays] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        X_train: np.ndarray,
+        y_train: np.ndarray,
+        X_val: np.ndarray,
+        y_val: np.ndarray,
+        task: Literal["classification", "regression"],
+        classes: list[Any] | None,
+        feature_names: list[str],
+    ) -> TrainingData:
+        """In-memory arrays as training data (tests and small experiments)."""
+        y = np.asarray(y_train, dtype=np.float64)
+        regression = task == "regression" and len(y)
+        return cls(
+            train=dataset_from_arrays(X_train, y_train),
+            val=dataset_from_arrays(X_val, y_val),
+            task=task,
+            classes=classes,
+            feature_names=list(feature_names) or [f"f{i}" for i in range(np.asarray(X_train).shape[1])],
+            n_train=len(X_train),
+            n_val=len(X_val),
+            y_mean=float(y.mean()) if regression else 0.0,
+            y_std=float(y.std()) if regression and y.std() > 0 else 1.0,
+        )
 
     @property
     def n_classes(self) -> int:
@@ -32,12 +123,33 @@ class TrainingData:
 
     @property
     def n_features(self) -> int:
-        return int(self.X_train.shape[1])
+        return len(self.feature_names)
+
+    def arrays(self, split: Literal["train", "val"]) -> SplitArrays:
+        """The split as arrays in the object store (materialized once, by a Ray task)."""
+        if split not in self._arrays:
+            self._arrays[split] = SplitArrays.of(self.train if split == "train" else self.val)
+        return self._arrays[split]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_arrays"] = {}  # object refs stay with the driver that owns them
+        return state
 
 
 @dataclass
 class TrainedModel:
-    """The winner of one model entry's search, refitted and ready to evaluate and register."""
+    """The winner of one model entry's search, refitted and ready to evaluate and register.
+
+    Attributes:
+        name, kind, workers: the model entry.
+        best_params: the entry's params with the winning trial's sampled values.
+        val_metric: the winner's validation metric (what picks the candidate across entries).
+        estimator: the trained object the kind saves (a forest, a Keras model, a booster, ...).
+        trials: one summary per Tune trial.
+        extra: kind-specific facts for the summary (epochs, trees built, GPU use, ...).
+        metadata: kind-specific facts recorded in the version (e.g. the estimator class).
+    """
 
     name: str
     kind: str
@@ -47,3 +159,4 @@ class TrainedModel:
     estimator: Any
     trials: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)

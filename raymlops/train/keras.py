@@ -26,32 +26,35 @@ import contextlib
 import json
 import math
 import os
-import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 from ray import tune
 
-from raymlops.config import KerasParams, ModelConfig, TuneConfig
+from raymlops.config import ModelConfig, TuneConfig
+from raymlops.model.keras import KerasParams, KerasTrainingParams
 from raymlops.train.base import TrainedModel, TrainingData
-from raymlops.train.tune import iter_results, resolve_metric, run_search, summarize_trials, trial_concurrency
+from raymlops.train.tune import (
+    TrainingError,
+    iter_results,
+    resolve_metric,
+    run_search,
+    summarize_trials,
+    trial_concurrency,
+)
 
 __all__ = [
     "KERAS_FILE",
     "KerasPlan",
     "KerasRun",
     "checkpoint_uri",
-    "keras_scores",
-    "load_keras",
     "load_keras_checkpoint",
     "model_spec",
     "plan_keras_resources",
-    "save_keras",
     "train_keras_distributed",
-    "tune_keras",
+    "train",
 ]
 
 KERAS_FILE = "model.keras"
@@ -132,50 +135,44 @@ def plan_keras_resources(
     )
 
 
-def model_spec(params: KerasParams, data: TrainingData) -> dict[str, Any]:
-    """Everything needed to rebuild the network, in plain JSON types (stored in every checkpoint)."""
-    y_mean, y_std = 0.0, 1.0
-    if data.task == "regression":
-        y = np.asarray(data.y_train, dtype=np.float64)
-        y_mean = float(y.mean()) if len(y) else 0.0
-        y_std = float(y.std()) if len(y) and y.std() > 0 else 1.0
-    return {
-        "hidden": [int(h) for h in params.hidden],
-        "activation": params.activation,
-        "dropout": float(params.dropout),
+def model_spec(
+    params: KerasTrainingParams,
+    data: TrainingData,
+    *,
+    builder: str | None = None,
+    base_dir: str | None = None,
+) -> dict[str, Any]:
+    """Everything needed to rebuild the network, in plain JSON types (stored in every checkpoint).
+
+    With a user ``builder`` the spec names it (``package.module:function``), where to import it
+    from and the params the training loop does not use, which the builder receives.
+    """
+    training = set(KerasTrainingParams.model_fields)
+    spec: dict[str, Any] = {
         "seed": int(params.seed),
         "n_features": int(data.n_features),
         "task": data.task,
         "n_classes": int(data.n_classes),
-        "y_mean": y_mean,
-        "y_std": y_std,
+        "y_mean": float(data.y_mean),
+        "y_std": float(data.y_std) or 1.0,
     }
-
-
-def _to_dataset(X: np.ndarray, y: np.ndarray, blocks: int, *, shuffle_blocks: bool = False) -> Any:
-    """A Ray Dataset with one tensor column ``x`` (a Sequential model needs one tensor), ``y``, ``row``.
-
-    ``shuffle_blocks`` reorders blocks on every epoch's execution, so each worker's shard differs
-    from epoch to epoch (rows within a shard are shuffled again by the worker's local buffer).
-    """
-    import pyarrow as pa
-    from ray.data.extensions import ArrowTensorArray
-
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    n = len(X)
-    parts = []
-    for idx in np.array_split(np.arange(n), max(1, min(blocks, n))):
-        parts.append(
-            pa.table(
-                {
-                    "x": ArrowTensorArray.from_numpy(X[idx]),
-                    "y": np.asarray(y)[idx],
-                    "row": idx.astype(np.int64),
-                }
-            )
+    if builder is None:
+        assert isinstance(params, KerasParams)
+        spec.update(
+            hidden=[int(h) for h in params.hidden],
+            activation=params.activation,
+            dropout=float(params.dropout),
         )
-    ds = ray.data.from_arrow(parts)
-    return ds.randomize_block_order() if shuffle_blocks else ds
+        return spec
+    extra = {k: v for k, v in params.model_dump().items() if k not in training}
+    spec.update(builder=builder, builder_path=base_dir, builder_params=extra)
+    return spec
+
+
+def _params(model_cfg: ModelConfig, overrides: dict[str, Any] | None = None) -> KerasTrainingParams:
+    """The entry's params plus a trial's sampled values, as the built-in MLP's or a builder's."""
+    cls = KerasParams if model_cfg.builder is None else KerasTrainingParams
+    return cls.model_validate({**model_cfg.params, **(overrides or {})})
 
 
 def _abs_storage(storage_path: str) -> str:
@@ -183,7 +180,7 @@ def _abs_storage(storage_path: str) -> str:
 
 
 def train_keras_distributed(
-    params: KerasParams,
+    params: KerasTrainingParams,
     data: TrainingData,
     *,
     workers: int,
@@ -197,6 +194,7 @@ def train_keras_distributed(
     trace_dir: str | None = None,
     callbacks: list[Any] | None = None,
     stop_flag: Any = None,
+    spec: dict[str, Any] | None = None,
 ) -> KerasRun:
     """One data-parallel Ray Train run of the MLP; every epoch reports and checkpoints.
 
@@ -225,8 +223,8 @@ def train_keras_distributed(
 
     from raymlops.train._keras_worker import train_loop_per_worker
 
-    if len(data.X_train) < workers:
-        raise ValueError(f"{len(data.X_train)} training rows cannot be split across {workers} workers")
+    if data.n_train < workers:
+        raise TrainingError(f"{data.n_train} training rows cannot be split across {workers} workers")
     plan = plan_keras_resources(workers, use_gpu)
     cpus = float(cpus_per_worker if cpus_per_worker is not None else plan.cpus_per_worker)
     resources: dict[str, float] = {"CPU": cpus}
@@ -237,7 +235,7 @@ def train_keras_distributed(
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.append(TuneReportCallback())
-    spec = model_spec(params, data)
+    spec = spec or model_spec(params, data)
     loop_config = {
         "spec": spec,
         "learning_rate": float(params.learning_rate),
@@ -247,7 +245,6 @@ def train_keras_distributed(
         "trace_dir": trace_dir,
         "stop_flag": stop_flag,
     }
-    blocks = max(4 * workers, math.ceil(len(data.X_train) / 50_000))
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -262,8 +259,10 @@ def train_keras_distributed(
             callbacks=callbacks or None,
         ),
         datasets={
-            "train": _to_dataset(data.X_train, data.y_train, blocks, shuffle_blocks=True),
-            "val": _to_dataset(data.X_val, data.y_val, 1),
+            # A new block order every epoch: each worker's shard differs from epoch to epoch (rows
+            # within a shard are shuffled again by the worker's local buffer).
+            "train": data.train.randomize_block_order(),
+            "val": data.val,
         },
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
@@ -341,13 +340,15 @@ class _KerasTrial(tune.Trainable):
         self,
         config: dict[str, Any],
         data: TrainingData,
-        base: dict[str, Any],
+        model_cfg: ModelConfig,
         plan: dict[str, Any],
         max_failures: int,
         train_storage: str,
+        base_dir: str | None = None,
     ) -> None:
         self._data = data
-        self._base = base
+        self._model_cfg = model_cfg
+        self._base_dir = base_dir
         self._plan = plan
         self._max_failures = max_failures
         self._train_storage = train_storage
@@ -359,7 +360,8 @@ class _KerasTrial(tune.Trainable):
 
         from ray.util.queue import Queue
 
-        params = KerasParams.model_validate({**self._base, **config})
+        params = _params(self._model_cfg, config)
+        spec = model_spec(params, self._data, builder=self._model_cfg.builder, base_dir=self._base_dir)
         self._epochs = int(params.epochs)
         self._queue = Queue(actor_options={"num_cpus": 0})
         self._flag = _StopFlagActor.remote()
@@ -377,6 +379,7 @@ class _KerasTrial(tune.Trainable):
             "threads": int(self._plan["threads"]),
             "callbacks": [_forward_reports_callback(self._queue)],
             "stop_flag": self._flag,
+            "spec": spec,
         }
         self._thread = threading.Thread(
             target=self._run,
@@ -386,7 +389,9 @@ class _KerasTrial(tune.Trainable):
         )
         self._thread.start()
 
-    def _run(self, params: KerasParams, data: TrainingData, kwargs: dict[str, Any], queue: Any) -> None:
+    def _run(
+        self, params: KerasTrainingParams, data: TrainingData, kwargs: dict[str, Any], queue: Any
+    ) -> None:
         try:
             train_keras_distributed(params, data, **kwargs)
         except BaseException as err:  # surfaced by step()
@@ -547,7 +552,7 @@ def _stopped_early(results: Any, model_cfg: ModelConfig) -> int:
     """Trials that ended (ASHA, interruption) before their last epoch."""
     count = 0
     for result in iter_results(results):
-        planned = int({**model_cfg.params, **(result.config or {})}.get("epochs", KerasParams().epochs))
+        planned = int(_params(model_cfg, result.config or {}).epochs)
         if result.metrics and int(result.metrics.get("epoch", 0)) < planned:
             count += 1
     return count
@@ -555,7 +560,7 @@ def _stopped_early(results: Any, model_cfg: ModelConfig) -> int:
 
 def _max_epochs(model_cfg: ModelConfig) -> int:
     """ASHA's max_t: the most epochs any trial can run (epochs may be searched too)."""
-    base = int(model_cfg.typed_params().epochs)
+    base = int(_params(model_cfg).epochs)
     spec = model_cfg.search.get("epochs")
     if spec is None:
         return base
@@ -565,7 +570,7 @@ def _max_epochs(model_cfg: ModelConfig) -> int:
     return int(math.ceil(bounds[1])) if bounds else base
 
 
-def tune_keras(
+def train(
     model_cfg: ModelConfig,
     tune_cfg: TuneConfig,
     data: TrainingData,
@@ -573,6 +578,7 @@ def tune_keras(
     storage_path: str,
     experiment: str,
     resume: bool = False,
+    base_dir: str | None = None,
 ) -> TrainedModel:
     """Search the MLP's space with Tune (each trial a distributed Train run); return the best trial's model.
 
@@ -581,16 +587,17 @@ def tune_keras(
     unfinished ones resume their Train runs from their last epoch checkpoint.
     """
     metric, mode = resolve_metric(tune_cfg, data.task)
-    model_cfg.typed_params()  # fail before any Ray work on a bad params block
+    _params(model_cfg)  # fail before any Ray work on a bad params block
     plan = plan_keras_resources(model_cfg.workers, model_cfg.use_gpu, tune_cfg)
     storage = _abs_storage(storage_path)
     trainable = tune.with_parameters(
         _KerasTrial,
         data=data,
-        base=model_cfg.params,
+        model_cfg=model_cfg,
         plan=asdict(plan),
         max_failures=model_cfg.max_failures,
         train_storage=f"{storage.rstrip('/')}/{experiment}",
+        base_dir=base_dir,
     )
     results = run_search(
         trainable,
@@ -610,7 +617,9 @@ def tune_keras(
     picked = _best_result(_final_reports(results, train_storage), metric, mode)
     if picked is None:
         errors = [str(r.error) for r in iter_results(results) if r.error]
-        raise RuntimeError(f"every trial of model {model_cfg.name!r} failed: {errors[:1]}")
+        raise TrainingError(
+            f"every trial of model {model_cfg.name!r} failed: {errors[0] if errors else 'no result'}"
+        )
     best, best_metrics, best_checkpoint = picked
     model = load_keras_checkpoint(best_checkpoint)
     sampled = {k: v for k, v in (best.config or {}).items() if k in model_cfg.search}
@@ -633,53 +642,5 @@ def tune_keras(
             "rank_weight_digests": best_metrics.get("rank_weight_digests"),
             "samples_per_s": best_metrics.get("samples_per_s"),
         },
+        metadata={"builder": model_cfg.builder} if model_cfg.builder else {},
     )
-
-
-def save_keras(model: Any, folder: Path) -> list[str]:
-    """Write the model in Keras 3's native ``.keras`` format; returns the file names written."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save(str(folder / KERAS_FILE))
-    return [KERAS_FILE]
-
-
-def load_keras(folder: Path) -> Any:
-    """Load a model written by :func:`save_keras` (safe mode on: no arbitrary code is deserialized)."""
-    import keras
-
-    return keras.saving.load_model(str(Path(folder) / KERAS_FILE))
-
-
-_PREDICT_FNS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-_SCORE_CHUNK = 65536
-
-
-def _predict_fn(model: Any) -> Any:
-    """A cached ``tf.function`` over any batch size: ``model.predict`` costs ~140 ms per call."""
-    fn = _PREDICT_FNS.get(model)
-    if fn is None:
-        import tensorflow as tf
-
-        n_features = int(model.inputs[0].shape[-1])
-
-        @tf.function(input_signature=[tf.TensorSpec([None, n_features], tf.float32)])
-        def fn(x: Any) -> Any:
-            return model(x, training=False)
-
-        _PREDICT_FNS[model] = fn
-    return fn
-
-
-def keras_scores(model: Any, X: np.ndarray) -> np.ndarray:
-    """Class probabilities (n, k) for a classifier, predictions (n,) for a regressor."""
-    fn = _predict_fn(model)
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    if X.ndim == 1:
-        X = X.reshape(1, -1)
-    parts = [np.asarray(fn(X[i : i + _SCORE_CHUNK])) for i in range(0, max(len(X), 1), _SCORE_CHUNK)]
-    out = np.concatenate(parts).astype(np.float64) if parts else np.zeros((0,))
-    if out.ndim == 2 and out.shape[1] == 1:
-        return out.reshape(-1)
-    out /= np.clip(out.sum(axis=1, keepdims=True), 1e-12, None)  # exact rows of probabilities
-    return out

@@ -18,8 +18,16 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from raymlops.config import METRIC_MODES, ModelConfig, SearchSpace, TuneConfig
+from raymlops.errors import UserError
+
+
+class TrainingError(UserError):
+    """Every trial of a model failed; the message carries the first trial's error."""
+
 
 __all__ = [
+    "TrainingError",
+    "best_or_raise",
     "experiment_path",
     "make_scheduler",
     "resolve_metric",
@@ -50,7 +58,7 @@ def resolve_metric(tune_cfg: TuneConfig, task: str) -> tuple[str, str]:
     metric = tune_cfg.metric or ("accuracy" if task == "classification" else "rmse")
     classification_only = {"accuracy", "f1_macro", "roc_auc", "log_loss"}
     if (task == "classification") != (metric in classification_only):
-        raise ValueError(f"tune.metric {metric!r} does not fit a {task} target")
+        raise UserError(f"tune.metric {metric!r} does not fit a {task} target")
     return metric, tune_cfg.mode or METRIC_MODES[metric]
 
 
@@ -146,3 +154,15 @@ def summarize_trials(results: tune.ResultGrid, metric: str) -> list[dict[str, An
             }
         )
     return trials
+
+
+def best_or_raise(results: tune.ResultGrid, metric: str, mode: str, model: str) -> tune.Result:
+    """The best trial's last result; TrainingError with the first trial error when all failed."""
+    try:
+        best = results.get_best_result(metric=metric, mode=mode, scope="last")
+    except RuntimeError:
+        best = None
+    if best is None or best.metrics is None or best.error is not None or metric not in best.metrics:
+        errors = [str(r.error) for r in iter_results(results) if r.error]
+        raise TrainingError(f"every trial of model {model!r} failed: {errors[0] if errors else 'no result'}")
+    return best

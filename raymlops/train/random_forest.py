@@ -19,12 +19,20 @@ from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 from sklearn.utils.class_weight import compute_sample_weight
 
-from raymlops.config import ForestParams, ModelConfig, TuneConfig
+from raymlops.config import ModelConfig, TuneConfig
 from raymlops.evaluate.metrics import compute_metrics
-from raymlops.train.base import TrainedModel, TrainingData
-from raymlops.train.tune import iter_results, resolve_metric, run_search, summarize_trials, trial_concurrency
+from raymlops.model.random_forest import ForestParams
+from raymlops.train.base import SplitArrays, TrainedModel, TrainingData
+from raymlops.train.tune import (
+    best_or_raise,
+    iter_results,
+    resolve_metric,
+    run_search,
+    summarize_trials,
+    trial_concurrency,
+)
 
-__all__ = ["STEPS", "fit_forest", "forest_estimator", "tree_seeds", "tune_forest"]
+__all__ = ["STEPS", "fit_forest", "forest_estimator", "train", "tree_seeds"]
 
 STEPS = 5
 _MAX_INT = np.iinfo(np.int32).max
@@ -86,35 +94,73 @@ def _build_trees(
     return trees
 
 
-_build_trees_remote = ray.remote(num_cpus=1)(_build_trees)
+def _build_trees_from(
+    arrays: tuple[np.ndarray, np.ndarray], seeds: list[int], task: str, params: dict[str, Any]
+) -> tuple[list[Any], int, int]:
+    X, y = arrays
+    return _build_trees(X, y, seeds, task, params), X.shape[0], X.shape[1]
+
+
+_build_trees_remote = ray.remote(num_cpus=1)(_build_trees_from)
+
+
+def _concat(
+    a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]])
+
+
+_concat_remote = ray.remote(num_cpus=0.5)(_concat)
+
+
+def _merge(
+    trees: list[Any], task: str, params: ForestParams, n_rows: int, n_cols: int, n_classes: int
+) -> Any:
+    """One plain scikit-learn forest made of trees built elsewhere."""
+    forest = forest_estimator(task, params)
+    forest.estimator_ = forest._get_estimator() if hasattr(forest, "_get_estimator") else trees[0]
+    forest.estimators_ = trees
+    forest.n_features_in_ = n_cols
+    forest.n_outputs_ = 1
+    forest._n_samples = n_rows
+    forest._n_samples_bootstrap = (
+        n_rows if params.max_samples is None else max(1, round(n_rows * params.max_samples))
+    )
+    if task == "classification":
+        forest.classes_ = np.arange(n_classes)
+        forest.n_classes_ = n_classes
+    return forest
+
+
+def _chunks(params: ForestParams, workers: int) -> list[list[int]]:
+    seeds = tree_seeds(params.random_state, params.n_estimators)
+    return [c.tolist() for c in np.array_split(seeds, max(1, min(workers, len(seeds)))) if len(c)]
 
 
 def fit_forest(
     X: np.ndarray, y: np.ndarray, task: str, params: ForestParams, *, workers: int = 1, n_classes: int = 0
 ) -> Any:
-    """Fit one forest with its trees built by ``workers`` Ray tasks, merged into one estimator."""
-    seeds = tree_seeds(params.random_state, params.n_estimators)
-    chunks = [c.tolist() for c in np.array_split(seeds, max(1, min(workers, len(seeds)))) if len(c)]
-    param_dict = params.model_dump()
+    """Fit one forest from in-memory arrays, its trees built by ``workers`` Ray tasks."""
+    n_classes = n_classes or (int(np.max(y)) + 1 if task == "classification" else 0)
     if workers <= 1 or not ray.is_initialized():
-        trees = _build_trees(X, y, seeds.tolist(), task, param_dict)
-    else:
-        X_ref, y_ref = ray.put(X), ray.put(y)
-        futures = [_build_trees_remote.remote(X_ref, y_ref, chunk, task, param_dict) for chunk in chunks]
-        trees = [t for part in ray.get(futures) for t in part]
-    forest = forest_estimator(task, params)
-    forest.estimator_ = forest._get_estimator() if hasattr(forest, "_get_estimator") else trees[0]
-    forest.estimators_ = trees
-    forest.n_features_in_ = X.shape[1]
-    forest.n_outputs_ = 1
-    forest._n_samples = X.shape[0]
-    forest._n_samples_bootstrap = (
-        X.shape[0] if params.max_samples is None else max(1, round(X.shape[0] * params.max_samples))
-    )
-    if task == "classification":
-        forest.classes_ = np.arange(n_classes or int(y.max()) + 1)
-        forest.n_classes_ = len(forest.classes_)
-    return forest
+        trees = _build_trees(
+            X, y, tree_seeds(params.random_state, params.n_estimators).tolist(), task, params.model_dump()
+        )
+        return _merge(trees, task, params, X.shape[0], X.shape[1], n_classes)
+    return fit_forest_ref(SplitArrays(ray.put((X, y))), task, params, workers=workers, n_classes=n_classes)
+
+
+def fit_forest_ref(
+    arrays: SplitArrays, task: str, params: ForestParams, *, workers: int, n_classes: int
+) -> Any:
+    """Fit one forest on arrays held in the object store; the rows never reach the driver."""
+    param_dict = params.model_dump()
+    futures = [
+        _build_trees_remote.remote(arrays.ref, chunk, task, param_dict) for chunk in _chunks(params, workers)
+    ]
+    parts = ray.get(futures)
+    trees = [t for part, _, _ in parts for t in part]
+    return _merge(trees, task, params, parts[0][1], parts[0][2], n_classes)
 
 
 def forest_scores(estimator: Any, X: np.ndarray, task: str) -> np.ndarray:
@@ -127,23 +173,33 @@ def _steps_for(n_estimators: int) -> list[int]:
     return [math.ceil(n_estimators * (i + 1) / steps) for i in range(steps)]
 
 
-def _forest_trial(config: dict[str, Any], *, data: TrainingData, base: dict[str, Any], metric: str) -> None:
+def _forest_trial(
+    config: dict[str, Any],
+    *,
+    train: SplitArrays,
+    val: SplitArrays,
+    task: str,
+    n_classes: int,
+    base: dict[str, Any],
+) -> None:
     params = ForestParams.model_validate({**base, **config})
-    forest = forest_estimator(data.task, params, n_estimators=1)
+    X_train, y_train = train.get()
+    X_val, y_val = val.get()
+    forest = forest_estimator(task, params, n_estimators=1)
     forest.set_params(warm_start=True, n_jobs=1)
     for size in _steps_for(params.n_estimators):
         forest.set_params(n_estimators=size)
-        forest.fit(data.X_train, data.y_train)
-        scores = forest_scores(forest, data.X_val, data.task)
-        if data.task == "classification" and scores.shape[1] < data.n_classes:
-            full = np.zeros((len(scores), data.n_classes))
+        forest.fit(X_train, y_train)
+        scores = forest_scores(forest, X_val, task)
+        if task == "classification" and scores.shape[1] < n_classes:
+            full = np.zeros((len(scores), n_classes))
             full[:, forest.classes_.astype(int)] = scores
             scores = full
-        result = compute_metrics(data.task, data.y_val, scores, data.n_classes)
+        result = compute_metrics(task, y_val, scores, n_classes)
         tune.report({**result, "trees": size})
 
 
-def tune_forest(
+def train(
     model_cfg: ModelConfig,
     tune_cfg: TuneConfig,
     data: TrainingData,
@@ -151,10 +207,19 @@ def tune_forest(
     storage_path: str,
     experiment: str,
     resume: bool = False,
+    base_dir: str | None = None,
 ) -> TrainedModel:
     """Search the forest's space with Tune, then refit the winner tree-parallel on train+validation."""
     metric, mode = resolve_metric(tune_cfg, data.task)
-    trainable = tune.with_parameters(_forest_trial, data=data, base=model_cfg.params, metric=metric)
+    train_arrays, val_arrays = data.arrays("train"), data.arrays("val")
+    trainable = tune.with_parameters(
+        _forest_trial,
+        train=train_arrays,
+        val=val_arrays,
+        task=data.task,
+        n_classes=data.n_classes,
+        base=model_cfg.params,
+    )
     results = run_search(
         trainable,
         model_cfg=model_cfg,
@@ -168,22 +233,18 @@ def tune_forest(
         experiment=experiment,
         resume=resume,
     )
-    best = results.get_best_result(metric=metric, mode=mode, scope="last")
-    if best.metrics is None or best.error is not None:
-        errors = [str(r.error) for r in iter_results(results) if r.error]
-        raise RuntimeError(f"every trial of model {model_cfg.name!r} failed: {errors[:1]}")
+    best = best_or_raise(results, metric, mode, model_cfg.name)
     sampled = {k: v for k, v in (best.config or {}).items() if k in model_cfg.search}
-    params = model_cfg.typed_params(sampled)
-    X = np.vstack([data.X_train, data.X_val])
-    y = np.concatenate([data.y_train, data.y_val])
-    forest = fit_forest(X, y, data.task, params, workers=model_cfg.workers, n_classes=data.n_classes)
+    params = ForestParams.model_validate({**model_cfg.params, **sampled})
+    both = SplitArrays(_concat_remote.remote(train_arrays.ref, val_arrays.ref))
+    forest = fit_forest_ref(both, data.task, params, workers=model_cfg.workers, n_classes=data.n_classes)
     trials = summarize_trials(results, metric)
     return TrainedModel(
         name=model_cfg.name,
         kind="random_forest",
         workers=model_cfg.workers,
         best_params={**model_cfg.params, **sampled},
-        val_metric=float(best.metrics[metric]),
+        val_metric=float((best.metrics or {})[metric]),
         estimator=forest,
         trials=trials,
         extra={"trees_built_in_search": int(sum(t.get("trees") or 0 for t in _trial_trees(results)))},

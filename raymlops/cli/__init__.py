@@ -1,0 +1,35 @@
+"""The ``raymlops`` command line, a thin layer over the library, one module per command group.
+
+Every ``--json`` prints exactly one JSON object on stdout; logs and progress go to stderr. User
+errors (:class:`raymlops.errors.UserError`) print one clear message and exit 2; anything else is a
+bug and shows its traceback. Modules import what their command needs when it runs, so
+``raymlops --help`` and ``raymlops validate`` start fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from . import _datagen, _jobs, _models, _monitor, _run, _score, _serve
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="MLOps pipelines on Ray.")
+app.command()(_run.run)
+app.command()(_run.validate)
+app.command()(_run.schema)
+app.add_typer(_models.models_app, name="models")
+app.command()(_score.score)
+app.command()(_datagen.datagen)
+app.command()(_monitor.monitor)
+app.command(
+    "serve",
+    context_settings={"allow_interspersed_args": True},
+    epilog="raymlops serve config REF... -o serve.yaml writes a Serve config (serve deploy / RayService).",
+)(_serve.serve_cmd)
+app.command()(_jobs.submit)
+app.add_typer(_jobs.jobs_app, name="jobs")
+
+
+def main() -> None:
+    app()
