@@ -22,3 +22,20 @@ def ray_session():
     yield info
     if ray.is_initialized():
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto) on 127.0.0.1 for the whole session; see tests/_s3.py."""
+    pytest.importorskip("moto.server", reason="moto[server] (the dev extra) runs the S3 tests")
+    from tests._s3 import S3Server
+
+    server = S3Server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_store_uri(s3_server) -> str:
+    """A fresh, empty store URI on the session's S3 server (``s3://bucket/prefix?endpoint_override=...``)."""
+    return s3_server.uri()

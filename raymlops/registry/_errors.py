@@ -6,9 +6,18 @@ reading it is usually looking at a CLI error or a serving log and has no debugge
 
 from __future__ import annotations
 
-from raymlops.errors import ConfigError, NotFoundError, TrustError, UserError
+from raymlops.errors import ConfigError, ConflictError, NotFoundError, TrustError, UserError
 
-__all__ = ["IntegrityError", "InvalidNameError", "ModelNotFoundError", "RegistryError"]
+__all__ = [
+    "IntegrityError",
+    "InvalidNameError",
+    "InvalidRegistrationError",
+    "ModelNotFoundError",
+    "RegistryConflictError",
+    "RegistryError",
+    "SignatureError",
+    "StoreConfigError",
+]
 
 
 class RegistryError(UserError):
@@ -23,10 +32,28 @@ class InvalidNameError(RegistryError, ConfigError):
     http_status = 400
 
 
+class InvalidRegistrationError(RegistryError):
+    """What was given to ``register`` cannot become a version (empty folder, reserved names or keys)."""
+
+    http_status = 400
+
+
+class StoreConfigError(RegistryError, ConfigError):
+    """The store is configured wrongly: an unreadable or wrong key file, a filesystem without a root."""
+
+    http_status = 400
+
+
 class ModelNotFoundError(RegistryError, NotFoundError):
     """An unknown model, version or alias; the message lists what does exist to spot the typo."""
 
     http_status = 404
+
+
+class RegistryConflictError(RegistryError, ConflictError):
+    """Another writer got there first: an alias moved since it was read, a key file exists, a lock is held."""
+
+    http_status = 409
 
 
 class IntegrityError(RegistryError, TrustError):
@@ -34,6 +61,15 @@ class IntegrityError(RegistryError, TrustError):
 
     Raised for a changed byte, a missing file or a file that was never registered (a planted file
     is as dangerous as a changed one when loaders read whatever they find).
+    """
+
+    http_status = 403
+
+
+class SignatureError(IntegrityError):
+    """With trusted keys configured, a version is unsigned, signed by an untrusted key or tampered with.
+
+    Raised before any model file is read, so nothing of a refused version is ever loaded.
     """
 
     http_status = 403

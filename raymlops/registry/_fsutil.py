@@ -16,9 +16,10 @@ import posixpath
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
+
+from raymlops import storage
 
 from ._errors import RegistryError
 
@@ -29,10 +30,14 @@ __all__ = [
     "join_uri",
     "list_children",
     "local_sha256",
+    "dump_json",
+    "read_bytes",
     "read_json",
     "remove_quietly",
     "stream_sha256",
     "upload_file",
+    "write_bytes",
+    "write_bytes_atomic",
     "write_json",
     "write_json_atomic",
 ]
@@ -48,11 +53,8 @@ def join_path(base: str, *parts: str) -> str:
 
 
 def join_uri(uri: str, *parts: str) -> str:
-    """Append path parts to a store URI, keeping any scheme and query string (``?region=...``)."""
-    if "://" not in uri:
-        return join_path(uri, *parts)
-    split = urlsplit(uri)
-    return urlunsplit(split._replace(path=join_path(split.path or "/", *parts)))
+    """Append path parts to a store URI, keeping any scheme and query string (see :func:`storage.join`)."""
+    return storage.join(uri, *parts)
 
 
 def exists(fs: pafs.FileSystem, path: str) -> bool:
@@ -89,20 +91,40 @@ def _dump(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
+def dump_json(obj: Any) -> bytes:
+    """The bytes every registry JSON file is written as (indented, sorted keys, trailing newline)."""
+    return _dump(obj)
+
+
 def write_json(fs: pafs.FileSystem, path: str, obj: Any) -> None:
     """Write a JSON file in one go (for files nobody else can see yet, such as staging metadata)."""
-    data = _dump(obj)
+    write_bytes(fs, path, _dump(obj))
+
+
+def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write a file in one go (for files nobody else can see yet)."""
     with fs.open_output_stream(path, compression=None) as stream:
         stream.write(data)
 
 
+def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    """Read a whole (small) file; raises FileNotFoundError when absent."""
+    with fs.open_input_stream(path, compression=None) as stream:
+        return bytes(stream.read())
+
+
 def write_json_atomic(fs: pafs.FileSystem, path: str, obj: Any) -> None:
-    """Replace a JSON file so readers see either the old or the new content, never half of one.
+    """Replace a JSON file so readers see either the old or the new content, never half of one."""
+    write_bytes_atomic(fs, path, _dump(obj))
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Replace a file so readers see either the old or the new content, never half of one.
 
     The content goes to a uniquely named temporary file beside the target, which is then moved
-    over it (a rename on local disks; object stores publish whole objects anyway).
+    over it (a rename on local disks; on object stores pyarrow's move is a copy and a delete, and
+    the copy publishes the whole object at once).
     """
-    data = _dump(obj)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     try:
         with fs.open_output_stream(tmp, compression=None) as stream:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ._errors import InvalidNameError
+
 __all__ = ["ALIAS_RE", "DEFAULT_ALIAS", "NAME_RE", "ModelRef", "parse_ref"]
 
 #: Model names become folder names on every filesystem (and URL path segments in serving).
@@ -22,8 +24,8 @@ _REF_FORMS = "expected NAME, NAME:VERSION (VERSION a positive integer) or NAME@A
 
 
 def _check_name(name: str, ref: str) -> None:
-    if not NAME_RE.match(name):
-        raise ValueError(
+    if not NAME_RE.fullmatch(name):
+        raise InvalidNameError(
             f"invalid model reference {ref!r}: model name {name!r} must match {NAME_RE.pattern} "
             f"(letters, digits, '_', '.', '-'; at most 64 characters); {_REF_FORMS}"
         )
@@ -50,18 +52,18 @@ class ModelRef:
         """Reject references that no store could resolve, at construction time."""
         _check_name(self.name, str(self.name))
         if self.version is not None and self.alias is not None:
-            raise ValueError(
+            raise InvalidNameError(
                 f"model reference for {self.name!r} gives both version {self.version} and "
                 f"alias {self.alias!r}; give one"
             )
         if self.version is not None and (
             isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1
         ):
-            raise ValueError(
+            raise InvalidNameError(
                 f"model reference for {self.name!r}: version must be a positive integer, got {self.version!r}"
             )
-        if self.alias is not None and not ALIAS_RE.match(self.alias):
-            raise ValueError(
+        if self.alias is not None and not ALIAS_RE.fullmatch(self.alias):
+            raise InvalidNameError(
                 f"model reference for {self.name!r}: alias {self.alias!r} must match {ALIAS_RE.pattern}"
             )
 
@@ -84,22 +86,22 @@ def parse_ref(ref: str) -> ModelRef:
         The parsed reference.
 
     Raises:
-        ValueError: The text is none of the three forms; the message shows the offending part.
+        InvalidNameError: The text is none of the three forms; the message shows the offending part.
     """
     if not isinstance(ref, str):
-        raise ValueError(f"invalid model reference {ref!r}: not a string; {_REF_FORMS}")
+        raise InvalidNameError(f"invalid model reference {ref!r}: not a string; {_REF_FORMS}")
     text = ref.strip()
     if not text:
-        raise ValueError(f"invalid model reference {ref!r}: empty; {_REF_FORMS}")
+        raise InvalidNameError(f"invalid model reference {ref!r}: empty; {_REF_FORMS}")
     if ":" in text and "@" in text:
-        raise ValueError(
+        raise InvalidNameError(
             f"invalid model reference {ref!r}: give a version or an alias, not both; {_REF_FORMS}"
         )
     if ":" in text:
         name, _, version_text = text.partition(":")
         _check_name(name, ref)
         if not version_text.isascii() or not version_text.isdigit() or int(version_text) < 1:
-            raise ValueError(
+            raise InvalidNameError(
                 f"invalid model reference {ref!r}: version {version_text!r} is not a positive integer; "
                 f"{_REF_FORMS}"
             )
@@ -107,8 +109,8 @@ def parse_ref(ref: str) -> ModelRef:
     if "@" in text:
         name, _, alias = text.partition("@")
         _check_name(name, ref)
-        if not ALIAS_RE.match(alias):
-            raise ValueError(
+        if not ALIAS_RE.fullmatch(alias):
+            raise InvalidNameError(
                 f"invalid model reference {ref!r}: alias {alias!r} must match {ALIAS_RE.pattern}; "
                 f"{_REF_FORMS}"
             )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from raymlops.registry import ModelNotFoundError, ModelRef, ModelStore, parse_ref
+from raymlops.registry import InvalidNameError, ModelNotFoundError, ModelRef, ModelStore, parse_ref
 
 
 @pytest.fixture
@@ -32,8 +32,12 @@ def test_set_and_read_aliases(store: ModelStore) -> None:
     assert [v.aliases for v in store.list_versions("digits")] == [[], ["champion"], ["challenger"]]
     aliases_file = Path(store.uri) / "models" / "digits" / "aliases.json"
     assert json.loads(aliases_file.read_text()) == {"challenger": 3, "champion": 2}
-    # The atomic write leaves no temporary file behind.
-    assert sorted(p.name for p in aliases_file.parent.iterdir()) == ["1", "2", "3", "aliases.json"]
+    # The atomic write leaves no temporary file behind (hidden folders hold claims and locks).
+    visible = sorted(p.name for p in aliases_file.parent.iterdir() if not p.name.startswith("."))
+    assert visible == ["1", "2", "3", "aliases.json"]
+    assert not list(aliases_file.parent.glob("*.tmp-*"))
+    # The alias lock was released: no claim is left in it.
+    assert not [p for p in (aliases_file.parent / ".locks").rglob("*") if p.is_file()]
 
 
 def test_refs_resolve_to_the_right_version(store: ModelStore) -> None:
@@ -79,8 +83,11 @@ def test_alias_must_point_at_an_existing_version(store: ModelStore) -> None:
     store.set_alias("digits", "champion", 1)
     with pytest.raises(ModelNotFoundError, match=r"version 9.*versions: 1, 2, 3"):
         store.set_alias("digits", "champion", 9)
-    with pytest.raises(ValueError, match="invalid alias"):
+    with pytest.raises(InvalidNameError, match="invalid alias") as info:
         store.set_alias("digits", "bad alias", 1)
+    assert info.value.http_status == 400
+    with pytest.raises(InvalidNameError, match="invalid alias"):
+        store.set_alias("digits", "champion\n", 1)  # a trailing newline is not part of a valid name
     assert store.aliases("digits") == {"champion": 1}
 
 
@@ -122,10 +129,13 @@ def test_parse_ref_accepts_the_three_forms(text: str, expected: ModelRef) -> Non
         ("digits@1x", "alias '1x'"),
         ("bad name", "model name 'bad name'"),
         ("../etc:1", "model name '../etc'"),
+        ("digits\n:1", "model name 'digits\\n'"),
+        ("digits@cham\npion", "alias 'cham\\npion'"),
+        ("digits:²", "version '²' is not a positive integer"),
     ],
 )
 def test_parse_ref_rejects_malformed_refs_clearly(text: str, complaint: str) -> None:
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(InvalidNameError) as info:
         parse_ref(text)
     assert complaint in str(info.value)
     assert "NAME:VERSION" in str(info.value)

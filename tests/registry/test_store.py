@@ -15,6 +15,8 @@ import pytest
 import raymlops.registry._store as store_module
 from raymlops.registry import (
     DEFAULT_STORE_ENV,
+    InvalidNameError,
+    InvalidRegistrationError,
     ModelNotFoundError,
     ModelStore,
     resolve_store_uri,
@@ -32,6 +34,11 @@ def make_model(root: Path, files: dict[str, bytes]) -> Path:
 
 def model_dir(store: ModelStore, name: str) -> Path:
     return Path(store.uri.removeprefix("file://")) / "models" / name
+
+
+def visible_entries(folder: Path) -> list[str]:
+    """What a person listing the model folder sees, minus the hidden claim and lock folders."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in (".claims", ".locks"))
 
 
 def test_register_two_versions_then_list_them(tmp_path: Path) -> None:
@@ -107,7 +114,7 @@ def test_failed_read_midway_leaves_no_version_and_no_staging(tmp_path: Path) -> 
         store.register("digits", src, {})
 
     assert [v.version for v in store.list_versions("digits")] == [1]
-    assert sorted(p.name for p in model_dir(store, "digits").iterdir()) == ["1"]
+    assert visible_entries(model_dir(store, "digits")) == ["1"]  # no staging folder left
     # The next successful registration is numbered as if nothing had happened.
     assert store.register("digits", make_model(tmp_path / "ok2", {"m": b"x"}), {}).version == 2
 
@@ -128,8 +135,10 @@ def test_ctrl_c_while_writing_metadata_leaves_no_version(
     assert store.list_models() == []
     with pytest.raises(ModelNotFoundError):
         store.list_versions("digits")
-    leftovers = list(model_dir(store, "digits").iterdir()) if model_dir(store, "digits").exists() else []
-    assert leftovers == []
+    # Only the claim on version 1 is left (that number is now unused); no staging, no version folder.
+    assert visible_entries(model_dir(store, "digits")) == []
+    monkeypatch.undo()
+    assert store.register("digits", src, {}).version == 2
 
 
 def test_half_written_version_folder_is_invisible_and_its_number_is_skipped(tmp_path: Path) -> None:
@@ -149,23 +158,21 @@ def test_half_written_version_folder_is_invisible_and_its_number_is_skipped(tmp_
 def test_writer_that_loses_the_race_for_a_number_takes_the_next(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from raymlops.registry import _publish
+
     store = ModelStore(str(tmp_path / "store"))
     rival = ModelStore(store.uri)
     store.register("m", make_model(tmp_path / "a", {"f": b"first"}), {})
-    real = ModelStore._version_folders
-    calls = {"n": 0}
+    real = _publish.claimed_numbers
 
-    def stale_then_real(self: ModelStore, name: str) -> list[int]:
-        # The first look at the folder happens just before a rival publishes version 2.
-        calls["n"] += 1
-        seen = real(self, name)
-        if calls["n"] == 1:
-            monkeypatch.setattr(ModelStore, "_version_folders", real)
-            rival.register("m", make_model(tmp_path / "r", {"f": b"rival"}), {})
-            monkeypatch.setattr(ModelStore, "_version_folders", stale_then_real)
+    def stale_then_real(fs: pafs.FileSystem, model_path: str) -> list[int]:
+        # The first look at the numbers happens just before a rival takes and publishes version 2.
+        seen = real(fs, model_path)
+        monkeypatch.setattr(_publish, "claimed_numbers", real)
+        rival.register("m", make_model(tmp_path / "r", {"f": b"rival"}), {})
         return seen
 
-    monkeypatch.setattr(ModelStore, "_version_folders", stale_then_real)
+    monkeypatch.setattr(_publish, "claimed_numbers", stale_then_real)
     mine = store.register("m", make_model(tmp_path / "b", {"f": b"mine"}), {})
 
     assert mine.version == 3
@@ -174,6 +181,22 @@ def test_writer_that_loses_the_race_for_a_number_takes_the_next(
     assert (Path(store.get("m:3").uri) / "f").read_bytes() == b"mine"
     store.verify("m:2")
     store.verify("m:3")
+
+
+def test_a_legacy_folder_without_a_claim_is_never_written_into(tmp_path: Path) -> None:
+    """A version written by an older raymlops (no claims) keeps its number and its files."""
+    store = ModelStore(str(tmp_path / "store"))
+    store.register("m", make_model(tmp_path / "a", {"f": b"1"}), {})
+    # Simulate the old layout: version 2 published without a claim.
+    legacy = model_dir(store, "m") / "2"
+    legacy.mkdir()
+    (legacy / "f").write_bytes(b"legacy")
+    meta = json.loads((model_dir(store, "m") / "1" / "metadata.json").read_text())
+    meta.update(version=2, files={"f": hashlib.sha256(b"legacy").hexdigest()})
+    (legacy / "metadata.json").write_text(json.dumps(meta))
+
+    assert store.register("m", make_model(tmp_path / "b", {"f": b"3"}), {}).version == 3
+    assert store.verify("m:2").files == meta["files"]
 
 
 def test_store_given_as_file_uri_works_like_a_plain_path(
@@ -207,7 +230,7 @@ def test_store_on_a_filesystem_without_folder_rename(tmp_path: Path, monkeypatch
 
     assert [v.version for v in store.list_versions("m")] == [1, 2]
     names = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector("bucket/mlops/models/m")))
-    assert names == ["1", "2", "aliases.json"]  # no staging folder left behind
+    assert names == [".claims", ".locks", "1", "2", "aliases.json"]  # no staging folder left behind
     mv, local = store.fetch("m")
     assert mv.version == 2 and (local / "model.bin").read_bytes() == b"two"
     store.verify("m:1")
@@ -219,14 +242,21 @@ def test_bad_registrations_are_refused_before_anything_is_written(tmp_path: Path
     empty = tmp_path / "empty"
     empty.mkdir()
 
-    with pytest.raises(ValueError, match="invalid model name"):
+    with pytest.raises(InvalidNameError, match="invalid model name"):
         store.register("../escape", src, {})
-    with pytest.raises(ValueError, match="contains no files"):
+    with pytest.raises(InvalidNameError, match="invalid model name"):
+        store.register("m\n", src, {})
+    with pytest.raises(InvalidRegistrationError, match="contains no files") as info:
         store.register("m", empty, {})
+    assert info.value.http_status == 400
     with pytest.raises(FileNotFoundError, match="does not exist"):
         store.register("m", tmp_path / "nope", {})
-    with pytest.raises(ValueError, match="'files'"):
+    with pytest.raises(InvalidRegistrationError, match="'files'"):
         store.register("m", src, {"files": {}})
+    for reserved in ("metadata.json", "signature.json"):
+        planted = make_model(tmp_path / f"with-{reserved}", {"model.bin": b"w", reserved: b"{}"})
+        with pytest.raises(InvalidRegistrationError, match=reserved):
+            store.register("m", planted, {})
     with pytest.raises(TypeError, match="JSON"):
         store.register("m", src, {"when": datetime.now()})
     assert not (tmp_path / "store").exists() or store.list_models() == []
@@ -241,3 +271,28 @@ def test_resolve_store_uri_precedence(tmp_path: Path, monkeypatch: pytest.Monkey
     assert resolve_store_uri("s3://bucket/prefix/") == "s3://bucket/prefix"
     assert resolve_store_uri("rel") == str(tmp_path / "rel")
     assert ModelStore().uri == str(tmp_path / "shared" / "store")
+
+
+def test_publishing_leaves_only_the_version_behind(store_uri: str, tmp_path: Path) -> None:
+    """On S3 each file is moved in with pyarrow's copy-and-delete; the staging copies are all gone."""
+    from raymlops import storage
+
+    store = ModelStore(store_uri)
+    files = {"model.bin": os.urandom(70_000), "prep/plan.json": b"{}", "deep/er/x": b"x"}
+    mv = store.register("m", make_model(tmp_path / "m", files), {"note": "hello"})
+
+    fs, root = storage.resolve(store_uri)
+    model_path = storage.join(root, "models", "m")
+    found = [
+        info.path[len(model_path) + 1 :]
+        for info in fs.get_file_info(pafs.FileSelector(model_path, recursive=True))
+        if info.type == pafs.FileType.File
+    ]
+    assert not [p for p in found if ".staging-" in p]
+    assert sorted(p for p in found if p.startswith("1/")) == sorted(
+        ["1/metadata.json", "1/model.bin", "1/prep/plan.json", "1/deep/er/x"]
+    )
+    assert [p for p in found if p.startswith(".claims/")] == [p for p in found if p.startswith(".claims/1/")]
+    assert store.verify("m:1").metadata == mv.metadata
+    _, local = store.fetch("m:1")
+    assert (local / "model.bin").read_bytes() == files["model.bin"]
