@@ -10,8 +10,12 @@
 #
 # Usage: cluster/local/down.sh [--purge]
 #   --purge  also delete the cluster folder (token, logs, Ray temp dirs and the store inside it)
-# Settings: RAYMLOPS_CLUSTER_DIR [/tmp/raymlops-cluster-$UID], RAYMLOPS_STOP_GRACE_S [15]
+# Settings: RAYMLOPS_CLUSTER_DIR [${TMPDIR:-/tmp}/raymlops-cluster-$UID, as up.sh], RAYMLOPS_STOP_GRACE_S [15]
 set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source-path=SCRIPTDIR source=cluster_dir.sh
+source "$here/cluster_dir.sh"
 
 purge=0
 for arg in "$@"; do
@@ -22,8 +26,16 @@ for arg in "$@"; do
   esac
 done
 
-cluster_dir=${RAYMLOPS_CLUSTER_DIR:-${TMPDIR:-/tmp}/raymlops-cluster-$(id -u)}
-[[ -d "$cluster_dir" ]] && cluster_dir=$(cd "$cluster_dir" && pwd)
+cluster_dir=${RAYMLOPS_CLUSTER_DIR:-$(raymlops_default_cluster_dir)}
+# A folder up.sh would refuse is not one it started a cluster in: never stop or delete by it (the
+# default path is predictable, so it may be someone else's folder or a planted symlink).
+if [[ -e $cluster_dir || -L $cluster_dir ]]; then
+  why=$(raymlops_check_cluster_dir "$cluster_dir") || {
+    echo "[down.sh] error: $why" >&2
+    exit 1
+  }
+  cluster_dir=$(cd "$cluster_dir" && pwd)
+fi
 grace=${RAYMLOPS_STOP_GRACE_S:-15}
 marker="RAYMLOPS_LOCAL_CLUSTER_DIR=$cluster_dir"
 

@@ -11,7 +11,9 @@
 # progress goes to stderr and the output of `ray start` to $RAYMLOPS_CLUSTER_DIR/logs/.
 #
 # Settings (environment variables, defaults in brackets):
-#   RAYMLOPS_CLUSTER_DIR        state folder: token, logs, Ray temp dirs, store [/tmp/raymlops-cluster-$UID]
+#   RAYMLOPS_CLUSTER_DIR        state folder: token, logs, Ray temp dirs, store [${TMPDIR:-/tmp}/raymlops-cluster-$UID]
+#                               created with mode 0700; an existing one must be a directory of yours
+#                               that group and others cannot enter (see cluster_dir.sh)
 #   RAYMLOPS_NUM_WORKERS        worker nodes [2]
 #   RAYMLOPS_HEAD_CPUS          CPUs the head advertises [1]
 #   RAYMLOPS_WORKER_CPUS        CPUs each worker node advertises [2]
@@ -29,8 +31,10 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=cluster_dir.sh
+source "$here/cluster_dir.sh"
 
-cluster_dir=${RAYMLOPS_CLUSTER_DIR:-${TMPDIR:-/tmp}/raymlops-cluster-$(id -u)}
+cluster_dir=${RAYMLOPS_CLUSTER_DIR:-$(raymlops_default_cluster_dir)}
 num_workers=${RAYMLOPS_NUM_WORKERS:-2}
 head_cpus=${RAYMLOPS_HEAD_CPUS:-1}
 worker_cpus=${RAYMLOPS_WORKER_CPUS:-2}
@@ -58,7 +62,11 @@ bin_dir=$(cd "$(dirname "$ray_exe")" && pwd)
 python_exe=$bin_dir/python
 [[ -x "$python_exe" ]] || die "no python next to $ray_exe"
 
-mkdir -p "$cluster_dir"
+# The longest socket path Ray makes below the folder: <temp-dir>/session_<date>_<pid>/sockets/plasma_store,
+# with the pid as long as this machine's pids can be.
+pid_max=$(cat /proc/sys/kernel/pid_max 2>/dev/null || echo 4194304)
+socket_suffix=/ray/worker$num_workers/session_0000-00-00_00-00-00_000000_${pid_max//?/9}/sockets/plasma_store
+why=$(raymlops_prepare_cluster_dir "$cluster_dir" "$socket_suffix") || die "$why"
 cluster_dir=$(cd "$cluster_dir" && pwd)
 state_file=$cluster_dir/env.sh
 if [[ -f "$state_file" ]]; then

@@ -42,7 +42,14 @@ MAX_NAME_LENGTH = {"RayCluster": 53, "RayJob": 47, "RayService": 47}
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 SHARED_STORE = re.compile(r"^(s3|gs|gcs|abfs|az|hdfs)://[^/]+")
-CORE_KINDS = {"ConfigMap", "ServiceAccount", "Secret", "Service"}
+# Kubernetes' own kinds the folder may hold, with their apiVersion.
+CORE_KINDS = {
+    "ConfigMap": "v1",
+    "ServiceAccount": "v1",
+    "Secret": "v1",
+    "Service": "v1",
+    "NetworkPolicy": "networking.k8s.io/v1",
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -398,8 +405,8 @@ def test_kuberay_resource_matches_crd_schema(
 )
 def test_core_objects_are_well_formed(item: tuple[Path, dict]) -> None:
     path, doc = item
-    assert doc.get("apiVersion") == "v1" and doc.get("kind") in CORE_KINDS, (
-        f"{path.name}: unexpected {doc.get('kind')}"
+    assert doc.get("kind") in CORE_KINDS and doc.get("apiVersion") == CORE_KINDS[doc["kind"]], (
+        f"{path.name}: unexpected {doc.get('apiVersion')} {doc.get('kind')}"
     )
     name = doc.get("metadata", {}).get("name", "")
     assert DNS1123_SUBDOMAIN.match(name) and len(name) <= 253, f"{path.name}: bad name {name!r}"
@@ -455,7 +462,46 @@ def test_rayjob_rules(item: tuple[Path, dict]) -> None:
     assert doc["spec"].get("shutdownAfterJobFinishes") is True, "the job's cluster must go away after the job"
 
 
+def _entrypoint_script(doc: dict[str, Any]) -> tuple[list[str], str]:
+    argv = shlex.split(doc["spec"]["entrypoint"])
+    return argv, next(a for a in argv if a.endswith(".py"))
+
+
+def _jobs_running(script: str) -> list[tuple[Path, dict[str, Any]]]:
+    return [(p, d) for p, d in _by_kind("RayJob") if _entrypoint_script(d)[1].endswith(f"jobs/{script}")]
+
+
 @pytest.mark.parametrize("item", _by_kind("RayJob"), ids=_id)
+def test_rayjob_entrypoint_is_a_job_script_of_this_repository(item: tuple[Path, dict]) -> None:
+    _, script = _entrypoint_script(item[1])
+    assert script.startswith("/home/ray/raymlops/jobs/"), f"{script} is not in the image's jobs/ folder"
+    assert (REPO / "jobs" / Path(script).name).is_file(), f"{script} is missing from jobs/"
+
+
+def test_there_is_a_training_and_a_scoring_job() -> None:
+    assert _jobs_running("run_pipeline.py") and _jobs_running("batch_score.py")
+
+
+@pytest.mark.parametrize("item", _jobs_running("batch_score.py"), ids=_id)
+def test_scoring_rayjob_arguments_parse_and_name_shared_storage(item: tuple[Path, dict]) -> None:
+    import importlib.util
+
+    argv, script = _entrypoint_script(item[1])
+    spec = importlib.util.spec_from_file_location("batch_score", REPO / "jobs" / "batch_score.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    seen: list[list[str]] = []
+    module.run_cli = lambda args: seen.append(args) or 0  # the job's own parser, without running it
+    assert module.main(argv[argv.index(script) + 1 :]) == 0
+    args = seen[0]
+    for flag in ("--input", "--output", "--store"):
+        value = args[args.index(flag) + 1]
+        assert SHARED_STORE.match(value), f"{flag} {value!r} must be shared object storage"
+    assert not args[args.index("--output") + 1].startswith(args[args.index("--input") + 1])
+
+
+@pytest.mark.parametrize("item", _jobs_running("run_pipeline.py"), ids=_id)
 def test_rayjob_runs_the_digits_pipeline_from_its_configmap(item: tuple[Path, dict]) -> None:
     from raymlops.config import parse_pipeline
 
@@ -669,11 +715,21 @@ def test_launcher_rules(path: Path) -> None:
         assert 0 <= lo <= hi, f"{name}: min_workers {lo} > max_workers {hi}"
         assert hi > lo, f"{name}: autoscaling needs room between min_workers and max_workers"
     assert sum(n.get("min_workers", 0) for n in types.values()) <= config["max_workers"]
-    setup = " ; ".join(config.get("setup_commands", []) + config.get("head_setup_commands", []))
-    assert re.search(r"pip3? install[^;]*raymlops", setup), "setup_commands must install raymlops"
-    assert f"ray[default,data,train,tune,serve]=={ray.__version__}" in setup, (
-        "pin the Ray version tested here"
+    # Every node runs the raymlops image (tests/cluster/test_image.py checks its tag); nothing may
+    # install another Ray or raymlops over it at start-up.
+    docker = config.get("docker") or {}
+    assert docker.get("image", "").startswith("ghcr.io/raymlops/raymlops:"), (
+        "nodes must run the raymlops image"
     )
+    assert f"-ray{ray.__version__}-" in docker["image"], (
+        f"{docker['image']} is not built on Ray {ray.__version__}"
+    )
+    setup = " ; ".join(
+        command
+        for key in ("setup_commands", "head_setup_commands", "worker_setup_commands")
+        for command in config.get(key, [])
+    )
+    assert not re.search(r"pip3? install", setup), "the image carries Ray and raymlops; do not reinstall them"
     # Token auth: the token reaches every node and Ray starts in token mode on each.
     assert any(str(target).endswith(".ray/auth_token") for target in config.get("file_mounts", {})), (
         "no token mount"
