@@ -181,10 +181,10 @@ def run_pipeline(
         pipeline_file: the pipeline file's path, recorded in the version so that ``raymlops monitor``
             can name the exact command to rerun when drift or degraded live metrics call for it.
     """
-    from raymlops.registry import ModelStore
+    from raymlops.registry import ModelStore, resolve_store_uri
 
     started = time.time()
-    store_obj = ModelStore(store or cfg.store)
+    store_obj = ModelStore(resolve_store_uri(store, cfg.store))
     cluster = connect(address)
     log.info("connected to Ray: %s CPUs, %s GPUs, %s node(s)", cluster.cpus, cluster.gpus, cluster.nodes)
 

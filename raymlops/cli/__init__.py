@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from . import _datagen, _jobs, _models, _monitor, _run, _score, _serve
+from . import _datagen, _jobs, _keys, _models, _monitor, _run, _score, _serve
 
 __all__ = ["app", "main"]
 
@@ -29,6 +29,7 @@ app.command(
 )(_serve.serve_cmd)
 app.command()(_jobs.submit)
 app.add_typer(_jobs.jobs_app, name="jobs")
+app.add_typer(_keys.keys_app, name="keys")
 
 
 def main() -> None:

@@ -68,6 +68,9 @@ def models_show(
         "version": version.version,
         "uri": version.uri,
         "aliases": version.aliases,
+        "signed": version.signed,
+        "key_id": version.key_id,
+        "signature_verified": version.trusted,
         "metadata": version.metadata,
     }
     if as_json:
@@ -79,6 +82,9 @@ def models_show(
     )
     err_console.print(f"uri: {version.uri}", highlight=False)
     err_console.print(f"created: {md.get('created_at')}  kind: {md.get('kind')}  model: {md.get('model')}")
+    signed = f"signed by key {version.key_id}" if version.signed else "unsigned"
+    trust = " (signature verified)" if version.trusted else ""
+    err_console.print(f"signature: {signed}{trust}", highlight=False)
     for k, v in md.get("metrics", {}).items():
         if isinstance(v, float):
             err_console.print(f"  {k}: {v:.4f}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,8 +28,6 @@ def run(
 
     quiet_tensorflow()
     cfg = guard(load_pipeline, pipeline)
-    # --store, then $RAYMLOPS_STORE, then the file's `store:`, then ./raymlops-store.
-    store = store or os.environ.get("RAYMLOPS_STORE") or None
     with json_stdout(as_json):
         summary = guard(
             run_pipeline, cfg, store=store, address=address, resume=resume, pipeline_file=str(pipeline)

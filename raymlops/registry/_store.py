@@ -109,8 +109,11 @@ class _Any:
 ANY: Final = _Any()
 
 
-def resolve_store_uri(uri: str | None = None) -> str:
-    """Decide which store to use: ``uri``, else ``$RAYMLOPS_STORE``, else ``./raymlops-store``.
+def resolve_store_uri(uri: str | None = None, configured: str | None = None) -> str:
+    """Decide which store to use: ``uri``, ``$RAYMLOPS_STORE``, ``configured``, ``./raymlops-store``.
+
+    The one precedence rule of the CLI and the library alike: an explicit ``--store``, then the
+    environment, then the pipeline file's ``store:``, then the default folder.
 
     Plain paths are made absolute (and ``~`` expanded) so that the same store is used after a
     ``cd`` and so that Ray workers with another working directory resolve it identically. URIs are
@@ -118,11 +121,12 @@ def resolve_store_uri(uri: str | None = None) -> str:
 
     Args:
         uri: An explicit store path or URI, or None.
+        configured: The pipeline file's ``store:``, or None.
 
     Returns:
         The store URI or absolute path.
     """
-    raw = uri or os.environ.get(DEFAULT_STORE_ENV) or DEFAULT_STORE
+    raw = uri or os.environ.get(DEFAULT_STORE_ENV) or configured or DEFAULT_STORE
     if "://" not in raw:
         return os.path.abspath(os.path.expanduser(raw))
     split = urlsplit(raw)
