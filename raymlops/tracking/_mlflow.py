@@ -49,7 +49,7 @@ from raymlops.tracking._session import (
     TrackingTarget,
 )
 
-__all__ = ["MlflowSession", "flatten", "open_session"]
+__all__ = ["MlflowSession", "flatten", "mirror_alias", "open_session"]
 
 log = logging.getLogger("raymlops")
 T = TypeVar("T")
@@ -588,6 +588,29 @@ def _fetch(summary: dict[str, Any]) -> Path:
 
     _, folder = ModelStore(summary["store"]).fetch(f"{summary['pipeline']}:{summary['version']}")
     return folder
+
+
+def mirror_alias(uri: str, name: str, alias: str, version: int, *, store: str | None = None) -> str | None:
+    """See :func:`raymlops.tracking.mirror_alias`; raises :class:`TrackingError` when MLflow fails."""
+    if "'" in name or "`" in name:
+        raise TrackingError(f"model name {name!r} cannot be a registered MLflow model name")
+    client = MlflowClient(tracking_uri=uri)
+    query = f"name = '{name}' and tags.`raymlops.version` = '{int(version)}'"
+    try:
+        found = [
+            v
+            for v in client.search_model_versions(query)
+            if store is None or v.tags.get("raymlops.store") == store
+        ]
+        if not found:
+            return None
+        latest = max(found, key=lambda v: int(v.version))
+        client.set_registered_model_alias(name, alias, latest.version)
+    except MlflowException as err:
+        raise TrackingError(
+            f"could not set MLflow alias {alias!r} of {name!r} at {redact(uri)}: {err}"
+        ) from None
+    return str(latest.version)
 
 
 @contextmanager

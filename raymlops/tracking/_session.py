@@ -25,6 +25,7 @@ __all__ = [
     "TrackingSession",
     "TrackingTarget",
     "active_session",
+    "mirror_alias",
     "resolve_target",
     "track_pipeline",
     "tune_callbacks",
@@ -141,3 +142,22 @@ def tune_callbacks(model: str) -> list[Any]:
     from raymlops.tracking._callback import TrialLogger
 
     return [TrialLogger(model)]
+
+
+def mirror_alias(name: str, alias: str, version: int, *, store: str | None = None) -> str | None:
+    """Point MLflow's ``alias`` of model ``name`` at the MLflow version of raymlops ``name:version``.
+
+    For ``raymlops models promote``: raymlops aliases and MLflow's stay the same. Does nothing (and
+    imports nothing) unless ``$MLFLOW_TRACKING_URI`` is set; with several stores registering under
+    one name, ``store`` picks the version that came from that store.
+
+    Returns:
+        The MLflow version the alias now names, or None when tracking is off or the raymlops
+        version was never logged to MLflow.
+    """
+    uri = os.environ.get(TRACKING_ENV, "").strip()
+    if not uri or importlib.util.find_spec("mlflow") is None:
+        return None
+    from raymlops.tracking._mlflow import mirror_alias as _mirror
+
+    return _mirror(uri, name, alias, version, store=store)
