@@ -87,12 +87,15 @@ _MAX_TAGS = 100
 _MAX_METRICS = 1000
 _MAX_PARAM_VALUE = 6000
 _HEALTH_TIMEOUT_S = 5.0
-#: MLflow retries a failing request 7 times with a backoff of up to minutes; a run whose server
-#: went away must not stall on every call, so these apply unless the user set the variables.
-_CLIENT_LIMITS = {
+#: Client settings for the run's duration, unless the user set the variables. MLflow retries a
+#: failing request 7 times with a backoff of up to minutes, and a run whose server went away must
+#: not stall on every call; and it prints two "View run" lines on stdout for every run it ends,
+#: one pair per Tune trial here (raymlops logs the parent run's URL once instead).
+_CLIENT_SETTINGS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 
@@ -156,11 +159,11 @@ def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
 
 
 @contextmanager
-def _client_limits() -> Iterator[None]:
-    """Shorter MLflow client retries for the run's duration, unless the user set them."""
-    added = [name for name in _CLIENT_LIMITS if name not in os.environ]
+def _client_settings() -> Iterator[None]:
+    """:data:`_CLIENT_SETTINGS` for the run's duration, where the user has not set them."""
+    added = [name for name in _CLIENT_SETTINGS if name not in os.environ]
     for name in added:
-        os.environ[name] = _CLIENT_LIMITS[name]
+        os.environ[name] = _CLIENT_SETTINGS[name]
     try:
         yield
     finally:
@@ -388,7 +391,9 @@ class MlflowSession(TrackingSession):
         effective = cfg.model_dump(mode="json", by_alias=True)
         if effective.get("tracking", {}).get("mlflow"):
             effective["tracking"]["mlflow"] = redact(effective["tracking"]["mlflow"])
-        params = [Param(_key(k), _param_value(v)) for k, v in flatten(effective).items()]
+        # Params leave out the settings that are unset (None); pipeline.json keeps everything.
+        flat = flatten(cfg.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"tracking"}))
+        params = [Param(_key(k), _param_value(v)) for k, v in flat.items()]
         for chunk in _chunks(params, _MAX_PARAMS):
             self.client.log_batch(self.run_id, params=chunk)
         self.client.log_dict(self.run_id, effective, "pipeline/pipeline.json")
@@ -520,7 +525,9 @@ class MlflowSession(TrackingSession):
         tag_list = [RunTag(k, _param_value(v)) for k, v in tags.items() if v is not None]
         for tag_chunk in _chunks(tag_list, _MAX_TAGS):
             self.client.log_batch(self.run_id, tags=tag_chunk)
-        self.client.log_dict(self.run_id, summary, "raymlops_summary.json")
+        self.client.log_dict(
+            self.run_id, json.loads(json.dumps(summary, default=str)), "raymlops_summary.json"
+        )
 
     def _log_model(self, summary: dict[str, Any], folder: Path) -> None:
         """Log the version as a pyfunc model from code, register it and mirror the alias."""
@@ -618,7 +625,7 @@ def open_session(
     cfg: PipelineConfig, target: TrackingTarget, pipeline_file: str | None
 ) -> Iterator[MlflowSession]:
     """The tracked run's session, ended FINISHED, FAILED (with the error as a tag) or KILLED."""
-    with _client_limits():
+    with _client_settings():
         session = MlflowSession.start(cfg, target, pipeline_file)
         try:
             yield session
