@@ -45,7 +45,7 @@ ARG VARIANT
 # exists today, and the image does not need it; `mlflow` (issue 16) belongs here once pyproject.toml
 # defines it: EXTRAS=mlflow. tests/cluster/test_image.py fails when a runtime extra is missing here
 # or a name here is not an extra of pyproject.toml.
-ARG EXTRAS=""
+ARG EXTRAS="mlflow"
 # More pip requirements for a variant, e.g. 'tensorflow[and-cuda]' for the GPU image.
 ARG EXTRA_PACKAGES=""
 

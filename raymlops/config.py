@@ -40,6 +40,7 @@ __all__ = [
     "SearchSpace",
     "ServeOptions",
     "SplitConfig",
+    "TrackingConfig",
     "TuneConfig",
     "ValidationConfig",
     "config_hash",
@@ -278,6 +279,17 @@ class ServeOptions(_Strict):
         return self
 
 
+# [tracking] MLflow tracking settings; the logic lives in raymlops/tracking/.
+class TrackingConfig(_Strict):
+    """Where a run is tracked besides the model store (``MLFLOW_TRACKING_URI`` does the same)."""
+
+    mlflow: str | None = Field(
+        None,
+        description="MLflow tracking URI (http://HOST:5000, sqlite:///mlflow.db, databricks); "
+        "wins over $MLFLOW_TRACKING_URI",
+    )
+
+
 class PipelineConfig(_Strict):
     name: str
     data: DataConfig
@@ -290,6 +302,7 @@ class PipelineConfig(_Strict):
     fairness: FairnessConfig | None = None
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     serve: ServeOptions = Field(default_factory=ServeOptions)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # [tracking]
     store: str | None = Field(None, description="Model store URI; --store and $RAYMLOPS_STORE override it")
     storage_path: str | None = Field(
         None, description="Ray Train/Tune storage; must be reachable from every node on a cluster"
@@ -418,8 +431,11 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
 
 
 def config_hash(cfg: PipelineConfig) -> str:
-    """Stable hash of the effective configuration, recorded in each version's lineage."""
-    payload = json.dumps(cfg.model_dump(mode="json", by_alias=True), sort_keys=True)
+    """Stable hash of the effective configuration, recorded in each version's lineage.
+
+    Where a run is tracked (``tracking``) does not change the model, so it is left out.
+    """
+    payload = json.dumps(cfg.model_dump(mode="json", by_alias=True, exclude={"tracking"}), sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

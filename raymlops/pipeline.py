@@ -163,6 +163,7 @@ def _encode_champion_target(values: pd.Series, schema: TableSchema) -> np.ndarra
     return _encode_target(values, schema)
 
 
+# [tracking] run_pipeline wraps the untracked run in an MLflow tracking session (off: a no-op).
 def run_pipeline(
     cfg: PipelineConfig,
     *,
@@ -172,6 +173,32 @@ def run_pipeline(
     pipeline_file: str | None = None,
 ) -> dict[str, Any]:
     """Run the whole pipeline and return its summary (what ``raymlops run --json`` prints).
+
+    With ``tracking.mlflow`` or ``$MLFLOW_TRACKING_URI`` set, the run is also logged to MLflow
+    (see :mod:`raymlops.tracking`) and the summary gains a ``tracking`` entry; an unreachable
+    tracking server stops the run before anything trains.
+
+    Args: as :func:`_run_untracked`.
+    """
+    from raymlops.tracking import track_pipeline
+
+    with track_pipeline(cfg, pipeline_file=pipeline_file) as tracking:
+        summary = _run_untracked(
+            cfg, store=store, address=address, resume=resume, pipeline_file=pipeline_file
+        )
+        summary.update(tracking.log_outcome(summary))
+    return summary
+
+
+def _run_untracked(
+    cfg: PipelineConfig,
+    *,
+    store: str | None = None,
+    address: str | None = None,
+    resume: bool = False,
+    pipeline_file: str | None = None,
+) -> dict[str, Any]:
+    """Run the whole pipeline and return its summary, without MLflow tracking.
 
     Args:
         cfg: the validated pipeline file.

@@ -111,8 +111,17 @@ def run_search(
     storage_path: str,
     experiment: str,
     resume: bool,
+    callbacks: list[tune.Callback] | None = None,
 ) -> tune.ResultGrid:
-    """Run (or resume) one model entry's search and return Tune's results."""
+    """Run (or resume) one model entry's search and return Tune's results.
+
+    ``callbacks`` go to Tune's RunConfig; by default, those of the MLflow tracking session in
+    progress (one child run per trial; none when tracking is off).
+    """
+    if callbacks is None:  # [tracking]
+        from raymlops.tracking import tune_callbacks
+
+        callbacks = tune_callbacks(model_cfg.name)
     wrapped = tune.with_resources(trainable, resources)
     path = f"{storage_path.rstrip('/')}/{experiment}"
     if resume and tune.Tuner.can_restore(path):
@@ -131,7 +140,7 @@ def run_search(
             reuse_actors=tune_cfg.reuse_actors,
             search_alg=BasicVariantGenerator(random_state=tune_cfg.seed, max_concurrent=max_concurrent),
         ),
-        run_config=tune.RunConfig(name=experiment, storage_path=storage_path, verbose=1),
+        run_config=tune.RunConfig(name=experiment, storage_path=storage_path, verbose=1, callbacks=callbacks),
     )
     return tuner.fit()
 
