@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import ray
 
+from raymlops.errors import ConfigError
+
 __all__ = ["ClusterInfo", "connect", "local_num_cpus"]
 
 _MIN_LOCAL_CPUS = 4
@@ -47,7 +49,7 @@ def connect(address: str | None = None, *, quiet: bool = True) -> ClusterInfo:
     if not ray.is_initialized():
         address = address or os.environ.get(ADDRESS_ENV) or None
         if address and address.startswith("http"):
-            raise ValueError(
+            raise ConfigError(
                 f"{address} is a dashboard/jobs address; use `raymlops submit` for it, "
                 "or give the GCS address (HOST:6379) or `auto` to run on the cluster directly"
             )

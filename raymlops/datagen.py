@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raymlops.data.ingest import resolve_filesystem
+from raymlops.errors import ConfigError, ConflictError
 
 __all__ = ["DatagenSpec", "feature_names", "generate", "generate_shard", "make_frame"]
 
@@ -60,15 +61,15 @@ class DatagenSpec:
 
     def __post_init__(self) -> None:
         if self.rows < 0:
-            raise ValueError(f"rows must be >= 0, got {self.rows}")
+            raise ConfigError(f"rows must be >= 0, got {self.rows}")
         if self.features < 1:
-            raise ValueError(f"features must be >= 1, got {self.features}")
+            raise ConfigError(f"features must be >= 1, got {self.features}")
         if self.classes < 2:
-            raise ValueError(f"classes must be >= 2, got {self.classes}")
+            raise ConfigError(f"classes must be >= 2, got {self.classes}")
         if not 0 <= self.bad_rows <= self.rows:
-            raise ValueError(f"bad_rows must be between 0 and rows ({self.rows}), got {self.bad_rows}")
+            raise ConfigError(f"bad_rows must be between 0 and rows ({self.rows}), got {self.bad_rows}")
         if self.dtype not in ("float64", "float32"):
-            raise ValueError(f"dtype must be float64 or float32, got {self.dtype!r}")
+            raise ConfigError(f"dtype must be float64 or float32, got {self.dtype!r}")
 
     @property
     def n_informative(self) -> int:
@@ -203,14 +204,14 @@ def generate(
     started = time.perf_counter()
     n_shards = shards if shards is not None else max(1, math.ceil(spec.rows / DEFAULT_SHARD_ROWS))
     if n_shards < 1:
-        raise ValueError(f"shards must be >= 1, got {n_shards}")
+        raise ConfigError(f"shards must be >= 1, got {n_shards}")
     if row_group_rows < 1:
-        raise ValueError(f"row_group_rows must be >= 1, got {row_group_rows}")
+        raise ConfigError(f"row_group_rows must be >= 1, got {row_group_rows}")
     n_shards = min(n_shards, max(1, spec.rows))
     fs, root = resolve_filesystem(output)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.File:
-        raise ValueError(f"datagen output {output} is a file; give a folder")
+        raise ConfigError(f"datagen output {output} is a file; give a folder")
     existing = [
         f.path
         for f in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
@@ -218,7 +219,7 @@ def generate(
     ]
     if existing:
         if not overwrite:
-            raise ValueError(
+            raise ConflictError(
                 f"datagen output {output} already holds Parquet files; pass --overwrite to replace them"
             )
         for path in existing:

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from raymlops.cli import app
 from raymlops.datagen import DatagenSpec, feature_names, generate
+from raymlops.errors import ConflictError
 
 runner = CliRunner()
 
@@ -64,7 +65,7 @@ def test_bad_rows_have_a_null_first_feature(tmp_path: Path) -> None:
 def test_refuses_to_mix_with_existing_files_unless_asked(tmp_path: Path) -> None:
     spec = DatagenSpec(rows=100, features=2)
     generate(spec, str(tmp_path / "d"), shards=2, use_ray=False)
-    with pytest.raises(ValueError, match="--overwrite"):
+    with pytest.raises(ConflictError, match="--overwrite"):
         generate(spec, str(tmp_path / "d"), use_ray=False)
     generate(spec, str(tmp_path / "d"), overwrite=True, use_ray=False)
     assert len(list((tmp_path / "d").glob("*.parquet"))) == 1

@@ -16,6 +16,7 @@ from ray.data.preprocessor import Preprocessor
 from ray.data.preprocessors import MinMaxScaler, OneHotEncoder, StandardScaler
 
 from raymlops.config import PreprocessStep
+from raymlops.errors import ConfigError
 from raymlops.model import FeaturePlan, PlanStep, TableSchema
 
 __all__ = ["FeaturePipeline"]
@@ -43,7 +44,7 @@ class FeaturePipeline:
             return list(schema.features)
         unknown = [c for c in cols if c not in schema.features]
         if unknown:
-            raise ValueError(f"preprocess step names column(s) {unknown} that are not features")
+            raise ConfigError(f"preprocess step names column(s) {unknown} that are not features")
         return list(cols)
 
     def fit(self, train: pd.DataFrame, schema: TableSchema) -> FeaturePipeline:

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from raymlops.errors import NotFoundError
+
 __all__ = [
     "REFERENCE_FILE",
     "SAMPLE_FILE",
@@ -212,7 +214,7 @@ def load_reference(folder: Path) -> tuple[dict[str, Any], pd.DataFrame | None]:
     folder = Path(folder)
     path = folder / REFERENCE_FILE
     if not path.exists():
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"{folder} has no {REFERENCE_FILE}: this version was registered before reference statistics "
             "were saved; rerun its pipeline to monitor it"
         )

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from raymlops.config import METRIC_MODES
+from raymlops.errors import DataError
 from raymlops.evaluate.metrics import compute_metrics
 from raymlops.evaluate.reference import category_key
 from raymlops.monitor._scoring import PREDICTION_COLUMN, proba_columns
@@ -86,20 +87,20 @@ def plan_join(
     table = read_table(labels_uri)
     names = [str(c) for c in table.columns]
     if key not in names:
-        raise ValueError(f"labels {labels_uri} have no key column {key!r}; columns are: {', '.join(names)}")
+        raise DataError(f"labels {labels_uri} have no key column {key!r}; columns are: {', '.join(names)}")
     if label_column is None:
         label_column = next((c for c in (bundle.schema.target, "label") if c in names), None)
         if label_column is None:
-            raise ValueError(
+            raise DataError(
                 f"labels {labels_uri} have no label column {bundle.schema.target!r} (the model's target) or "
                 f"'label'; name it with --label-column; columns are: {', '.join(names)}"
             )
     elif label_column not in names:
-        raise ValueError(
+        raise DataError(
             f"labels {labels_uri} have no column {label_column!r}; columns are: {', '.join(names)}"
         )
     if key not in log_columns:
-        raise ValueError(
+        raise DataError(
             f"the monitored input has no key column {key!r}; columns are: {', '.join(log_columns)}"
         )
     task = bundle.schema.task
@@ -111,7 +112,7 @@ def plan_join(
     elif not bundle.missing_columns(log_columns):
         mode, score_cols = "scored", probas if task == "classification" else [PREDICTION_COLUMN]
     else:
-        raise ValueError(
+        raise DataError(
             "the monitored input has neither logged scores ("
             + (", ".join(probas) if task == "classification" else PREDICTION_COLUMN)
             + f") nor all feature columns (missing {', '.join(bundle.missing_columns(log_columns))}), "

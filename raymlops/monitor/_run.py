@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from raymlops.errors import ConfigError, DataError
 from raymlops.evaluate.reference import load_reference
 from raymlops.monitor._drift import Thresholds, batch_stats, finalize, merge_stats, spec_from_reference
 from raymlops.monitor._feedback import KEY, LABEL, JoinPlan, evaluate_joined, join_batch, plan_join
@@ -188,7 +189,7 @@ def monitor(
 
     started = time.time()
     if labels and not key:
-        raise ValueError(
+        raise ConfigError(
             "--labels needs --key COLUMN: the column that links a label to its logged prediction"
         )
     if not ray.is_initialized():
@@ -204,7 +205,7 @@ def monitor(
     columns = list(ds.schema().names)
     features = list(reference["features"])
     if not set(features) & set(columns):
-        raise ValueError(
+        raise DataError(
             f"{input_uri} has none of the model's feature columns ({', '.join(features[:10])}"
             f"{'...' if len(features) > 10 else ''}); its columns are: {', '.join(columns[:20])}"
         )

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from raymlops.data.ingest import detect_format, resolve_filesystem
 from raymlops.data.schema import TableSchema
-from raymlops.errors import InputError
+from raymlops.errors import ConflictError, InputError
 
 __all__ = ["JOB_FORMAT", "InputFile", "InputLayout", "JobPlan", "ScoreUnit", "csv_job_types", "plan_job"]
 
@@ -112,7 +112,7 @@ class JobPlan:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobPlan:
         if data.get("format") != JOB_FORMAT:
-            raise ValueError(f"unsupported scoring job record format {data.get('format')!r}")
+            raise ConflictError(f"unsupported scoring job record format {data.get('format')!r}")
         return cls(
             model=data["model"],
             input=data["input"],

@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from raymlops.config import ServeOptions
+from raymlops.errors import ConfigError, UserError
 from raymlops.model import ModelBundle, label_dtype
 
 from ._auth import ApiKeyCheck
@@ -90,15 +91,15 @@ def parse_canary(text: str) -> tuple[str, CanarySpec]:
     """``NAME:VERSION=PERCENT`` (e.g. ``digits:3=10``) to the model name and its canary.
 
     Raises:
-        ValueError: the text is not of that form or the percent is outside (0, 100].
+        ConfigError: the text is not of that form or the percent is outside (0, 100].
     """
     m = _CANARY_RE.match(text.strip())
     if not m:
-        raise ValueError(f"invalid canary {text!r}: expected NAME:VERSION=PERCENT, e.g. digits:3=10")
+        raise ConfigError(f"invalid canary {text!r}: expected NAME:VERSION=PERCENT, e.g. digits:3=10")
     try:
         spec = CanarySpec.model_validate({"version": int(m["version"]), "percent": float(m["percent"])})
     except ValidationError as err:
-        raise ValueError(f"invalid canary {text!r}: {err.errors()[0]['msg']}") from None
+        raise ConfigError(f"invalid canary {text!r}: {err.errors()[0]['msg']}") from None
     return m["name"], spec
 
 
@@ -144,7 +145,10 @@ class AppArgs(_Strict):
     def _refs(cls, refs: list[str]) -> list[str]:
         from raymlops.registry import parse_ref
 
-        names = [parse_ref(r).name for r in refs]
+        try:
+            names = [parse_ref(r).name for r in refs]
+        except UserError as err:  # pydantic reports ValueErrors with their place
+            raise ValueError(str(err)) from None
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"each model can be served once, repeated: {', '.join(dupes)}")
@@ -156,7 +160,10 @@ class AppArgs(_Strict):
 
         served = {parse_ref(r).name for r in self.models}
         for text in self.canary:
-            name, _ = parse_canary(text)
+            try:
+                name, _ = parse_canary(text)
+            except ConfigError as err:
+                raise ValueError(str(err)) from None
             if name not in served:
                 raise ValueError(
                     f"canary {text!r} names model {name!r}, which is not served ({', '.join(sorted(served))})"
@@ -267,7 +274,7 @@ def build_app(args: dict[str, Any]) -> Any:
             + ("unknown key (not an argument of build_app)" if e["type"] == "extra_forbidden" else e["msg"])
             for e in err.errors()
         )
-        raise ValueError(f"invalid raymlops serve arguments: {problems}") from None
+        raise ConfigError(f"invalid raymlops serve arguments: {problems}") from None
     options = resolve_serve_options(parsed.models, parsed.store, parsed.options)
     live = live_settings(parsed, options)
     deployment: Any = serve.deployment(ModelServer)
@@ -423,7 +430,7 @@ class ModelServer:
         live = LiveSettings.model_validate(user_config)
         unknown = sorted(set(live.canary) - set(self.slots))
         if unknown:
-            raise ValueError(f"canary for model(s) not served here: {', '.join(unknown)}")
+            raise ConfigError(f"canary for model(s) not served here: {', '.join(unknown)}")
         self.live = live
         for slot in self.slots.values():
             spec = live.canary.get(slot.name)

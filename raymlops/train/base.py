@@ -15,6 +15,8 @@ from typing import Any, Literal
 import numpy as np
 import ray
 
+from raymlops.errors import DataError
+
 __all__ = ["SplitArrays", "TrainedModel", "TrainingData", "dataset_from_arrays"]
 
 X_COLUMN = "x"
@@ -41,7 +43,7 @@ def _collect(ds: Any) -> tuple[np.ndarray, np.ndarray]:
         xs.append(np.asarray(batch[X_COLUMN], dtype=np.float32))
         ys.append(np.asarray(batch[Y_COLUMN]))
     if not xs:
-        raise ValueError("the split has no rows")
+        raise DataError("the split has no rows")
     return np.concatenate(xs), np.concatenate(ys)
 
 

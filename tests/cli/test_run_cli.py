@@ -44,7 +44,7 @@ def test_run_registers_promotes_and_prints_one_json_object(ray_session, tmp_path
 
     version_dir = store / "models" / "digits" / "1"
     metadata = json.loads((version_dir / "metadata.json").read_text())
-    assert set(metadata["files"]) >= {"model.joblib", "preprocessor.pkl", "schema.json", "report.html"}
+    assert set(metadata["files"]) >= {"model.skops", "features.json", "schema.json", "report.html"}
     assert metadata["data"]["fingerprint"] == summary["data"]["fingerprint"]
     assert json.loads((store / "models" / "digits" / "aliases.json").read_text())["champion"] == 1
 

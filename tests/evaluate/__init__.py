@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from raymlops.bundle import ModelBundle
 from raymlops.config import PreprocessStep
 from raymlops.data.preprocess import FeaturePipeline
 from raymlops.data.schema import TableSchema
+from raymlops.model import ModelBundle
 
 
 def toy_frame(rows: int = 1200, seed: int = 0, task: str = "classification") -> pd.DataFrame:
@@ -54,4 +54,4 @@ def toy_bundle(frame: pd.DataFrame, task: str = "classification") -> ModelBundle
         est = RandomForestRegressor(n_estimators=30, max_depth=6, random_state=0).fit(
             X, frame["y"].to_numpy()
         )
-    return ModelBundle("random_forest", est, features, schema)
+    return ModelBundle.from_estimator("random_forest", est, features.to_plan(), schema)

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from raymlops.data.schema import TableSchema
+from raymlops.errors import NotFoundError
 from raymlops.evaluate.reference import (
     bin_counts,
     build_reference,
@@ -72,5 +73,5 @@ def test_reference_round_trips_through_the_version_folder(tmp_path: Path) -> Non
 
 
 def test_a_version_without_reference_says_how_to_get_one(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="rerun its pipeline"):
+    with pytest.raises(NotFoundError, match="rerun its pipeline"):
         load_reference(tmp_path)

@@ -44,7 +44,7 @@ def test_version_report_has_every_figure_and_the_fairness_table(ray_session: Any
     train, held_out = toy_frame(1000, seed=0), toy_frame(400, seed=1)
     bundle = toy_bundle(train)
     y = held_out["y"].to_numpy()
-    scores = bundle.scores(bundle.transform(held_out))
+    scores = bundle.score(held_out).scores
     metrics: dict[str, Any] = compute_metrics("classification", y, scores, 2)
     metrics["confusion_matrix"] = confusion(y, scores.argmax(axis=1), 2)
     metrics["fairness"] = fairness_report(held_out["c"], y, scores, "classification", [0, 1], column="c")
@@ -81,7 +81,7 @@ def test_regression_report_shows_residuals(ray_session: Any, tmp_path: Path) -> 
     train, held_out = toy_frame(800, seed=2, task="regression"), toy_frame(300, seed=3, task="regression")
     bundle = toy_bundle(train, task="regression")
     y = held_out["y"].to_numpy()
-    pred = bundle.scores(bundle.transform(held_out))
+    pred = bundle.score(held_out).scores
     path = tmp_path / "report.html"
     write_report(
         path,
@@ -97,7 +97,7 @@ def test_regression_report_shows_residuals(ray_session: Any, tmp_path: Path) -> 
 def test_monitor_report_shows_drift_and_the_shifted_feature(ray_session: Any, tmp_path: Path) -> None:
     train = toy_frame(2000, seed=4)
     bundle = toy_bundle(train)
-    reference, sample = build_reference(train, bundle.schema, bundle.scores(bundle.transform(train)))
+    reference, sample = build_reference(train, bundle.schema, bundle.score(train).scores)
     current = toy_frame(2000, seed=5).assign(x1=lambda f: f["x1"] + 2.0)
     stats = batch_stats(current, spec_from_reference(reference))
     result = {

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from raymlops.bundle import ModelBundle
 from raymlops.cli import app
 from raymlops.config import parse_pipeline
 from raymlops.evaluate.synthetic import NUMERIC_FEATURES, credit_frame, write_frame
+from raymlops.model import ModelBundle
 from raymlops.monitor import DRIFT_EXIT_CODE, monitor
 from raymlops.pipeline import run_pipeline
 

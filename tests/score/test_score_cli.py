@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from raymlops.bundle import ModelBundle
 from raymlops.cli import app
+from raymlops.model import ModelBundle
 from raymlops.score import MANIFEST_FILE, SUCCESS_FILE
 
 from . import TrainedModel, make_rows, read_scored, trained_model, write_parquet_shards

@@ -16,6 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from raymlops.cli import app
+from raymlops.errors import ConfigError
 
 from .conftest import free_port
 
@@ -61,7 +62,7 @@ def test_serve_config_is_a_valid_serve_deploy_config_with_an_importable_builder(
     module, _, attr = application["import_path"].partition(":")
     built = getattr(importlib.import_module(module), attr)(application["args"])
     assert type(built).__name__ == "Application"
-    with pytest.raises(ValueError, match="modles"):
+    with pytest.raises(ConfigError, match="modles"):
         getattr(importlib.import_module(module), attr)({"modles": ["digits"]})
 
 

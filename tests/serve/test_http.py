@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_digits
 
-from raymlops.bundle import ModelBundle
+from raymlops.model import ModelBundle
 
 from .conftest import Served, metrics_text, mixed_frame
 

@@ -9,6 +9,7 @@ import struct
 import numpy as np
 import pytest
 
+from raymlops.errors import ConfigError
 from raymlops.serve import AppArgs, ClientError, parse_canary
 from raymlops.serve._auth import ApiKeyCheck, key_digest
 from raymlops.serve._metrics import value_bucket
@@ -249,7 +250,7 @@ def test_canary_and_app_args_refuse_mistakes():
     name, spec = parse_canary("digits:3=10")
     assert (name, spec.version, spec.percent) == ("digits", 3, 10.0)
     for bad in ("digits=10", "digits:x=10", "digits:3=0", "digits:3=150"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ConfigError):
             parse_canary(bad)
     with pytest.raises(ValueError, match="modles"):
         AppArgs.model_validate({"modles": ["digits"]})

@@ -2,9 +2,11 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from raymlops.config import ForestParams, ModelConfig, TuneConfig
+from raymlops.config import ModelConfig, TuneConfig
+from raymlops.model.random_forest import ForestParams
 from raymlops.train.base import TrainingData
-from raymlops.train.forest import fit_forest, forest_estimator, tune_forest
+from raymlops.train.random_forest import fit_forest, forest_estimator
+from raymlops.train.random_forest import train as tune_forest
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,9 @@ def test_regression_forest_with_row_subsampling_matches_sklearn(ray_session):
 
 def _data(digits) -> TrainingData:
     X, y = digits
-    return TrainingData(X[:1200], y[:1200], X[1200:], y[1200:], "classification", list(range(10)), [])
+    return TrainingData.from_arrays(
+        X[:1200], y[:1200], X[1200:], y[1200:], "classification", list(range(10)), []
+    )
 
 
 def test_asha_stops_weak_forest_trials_early(ray_session, digits, tmp_path):

@@ -7,8 +7,8 @@ import pytest
 import yaml
 from sklearn.datasets import load_diabetes
 
-from raymlops.bundle import ModelBundle
 from raymlops.config import load_pipeline
+from raymlops.model import ModelBundle
 from raymlops.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ def test_breast_cancer_forest_reaches_093_and_serves_through_onnx(ray_session, t
     version_dir = tmp_path / "store" / "models" / "breast_cancer" / "1"
     fast = json.loads((version_dir / "fast_path.json").read_text())
     assert fast["onnx"] is True and fast["same_labels"] is True
-    assert bundle._onnx is not None
+    assert bundle.predictor.onnx is not None
 
 
 def test_regression_from_a_diabetes_csv_reaches_r2_035(ray_session, tmp_path):

@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +20,42 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from raymlops.config import KerasParams, ModelConfig, TuneConfig
+from raymlops.config import ModelConfig, TuneConfig
 from raymlops.evaluate.metrics import compute_metrics
+from raymlops.model.keras import KerasParams, keras_scores
 from raymlops.train.base import TrainingData
 
 
+@dataclass
+class Split:
+    """Training data as trainers get it, plus the arrays the tests check predictions against."""
+
+    data: TrainingData
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+
+
 @pytest.fixture(scope="module")
-def digits_data() -> TrainingData:
+def digits_data(ray_session: Any) -> Split:
     X, y = load_digits(return_X_y=True)
     X = (X / 16.0).astype(np.float32)
     X_tr, X_val, y_tr, y_val = train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)
-    return TrainingData(
-        X_tr, y_tr, X_val, y_val, "classification", list(range(10)), [f"p{i}" for i in range(64)]
-    )
+    names = [f"p{i}" for i in range(64)]
+    data = TrainingData.from_arrays(X_tr, y_tr, X_val, y_val, "classification", list(range(10)), names)
+    return Split(data, X_tr, y_tr, X_val, y_val)
 
 
 @pytest.fixture(scope="module")
-def regression_data() -> TrainingData:
+def regression_data(ray_session: Any) -> Split:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(600, 6)).astype(np.float32)
     # A large offset and scale: the network must learn through the target standardization.
     y = 500.0 + 80.0 * X[:, 0] - 40.0 * X[:, 1] + 20.0 * X[:, 2] * X[:, 3] + rng.normal(scale=5.0, size=600)
-    return TrainingData(X[:480], y[:480], X[480:], y[480:], "regression", None, [f"x{i}" for i in range(6)])
+    names = [f"x{i}" for i in range(6)]
+    data = TrainingData.from_arrays(X[:480], y[:480], X[480:], y[480:], "regression", None, names)
+    return Split(data, X[:480], y[:480], X[480:], y[480:])
 
 
 def _spec(task: str = "classification", **over: Any) -> dict[str, Any]:
@@ -65,14 +80,17 @@ def _spec(task: str = "classification", **over: Any) -> dict[str, Any]:
 def test_keras_model_saves_natively_and_loads_in_safe_mode(tmp_path: Path) -> None:
     import keras
 
+    from raymlops.model import TableSchema
+    from raymlops.model.keras import KIND
     from raymlops.train._keras_worker import build_model
-    from raymlops.train.keras import keras_scores, load_keras, save_keras
 
     X = np.random.default_rng(1).normal(size=(7, 5)).astype(np.float32)
     for task in ("classification", "regression"):
         model = build_model(_spec(task))
-        assert save_keras(model, tmp_path / task) == ["model.keras"]
-        loaded = load_keras(tmp_path / task)  # safe_mode stays on
+        schema = TableSchema("y", task, [], [], {})  # type: ignore[arg-type]
+        (tmp_path / task).mkdir()
+        assert KIND.save(model, tmp_path / task, schema=schema).files == ["model.keras"]
+        loaded = KIND.load(tmp_path / task, {}, schema=schema).model  # safe_mode stays on
         assert isinstance(loaded, keras.Model)
         before, after = keras_scores(model, X), keras_scores(loaded, X)
         np.testing.assert_allclose(before, after, rtol=1e-6, atol=1e-6)
@@ -89,7 +107,6 @@ def test_keras_model_saves_natively_and_loads_in_safe_mode(tmp_path: Path) -> No
 
 def test_keras_scores_is_fast_for_one_row() -> None:
     from raymlops.train._keras_worker import build_model
-    from raymlops.train.keras import keras_scores
 
     model = build_model(_spec())
     row = np.zeros((1, 5), np.float32)
@@ -193,7 +210,7 @@ def _kill_rank1_once(trace_dir: Path, killed: dict[str, Any], stop: threading.Ev
 
 
 @pytest.fixture(scope="module")
-def killed_run(ray_session: Any, digits_data: TrainingData, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def killed_run(ray_session: Any, digits_data: Split, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """One 2-worker run (max_failures=1) whose rank 1 process is SIGKILLed after epoch 2."""
     from raymlops.train.keras import train_keras_distributed
 
@@ -206,7 +223,7 @@ def killed_run(ray_session: Any, digits_data: TrainingData, tmp_path_factory: py
     try:
         run = train_keras_distributed(
             KerasParams(hidden=[64, 32], epochs=EPOCHS, batch_size=64, learning_rate=0.003),
-            digits_data,
+            digits_data.data,
             workers=2,
             use_gpu="auto",
             max_failures=1,
@@ -228,7 +245,7 @@ def killed_run(ray_session: Any, digits_data: TrainingData, tmp_path_factory: py
 
 @pytest.mark.slow
 def test_two_workers_train_on_disjoint_shards_and_keep_identical_weights(
-    killed_run: Any, digits_data: TrainingData
+    killed_run: Any, digits_data: Split
 ) -> None:
     run, traces, _ = killed_run
     n_train = len(digits_data.X_train)
@@ -249,10 +266,8 @@ def test_two_workers_train_on_disjoint_shards_and_keep_identical_weights(
 
 
 @pytest.mark.slow
-def test_killed_worker_run_resumes_from_its_last_checkpoint(
-    killed_run: Any, digits_data: TrainingData
-) -> None:
-    from raymlops.train.keras import keras_scores, load_keras_checkpoint
+def test_killed_worker_run_resumes_from_its_last_checkpoint(killed_run: Any, digits_data: Split) -> None:
+    from raymlops.train.keras import load_keras_checkpoint
 
     run, traces, killed = killed_run
     assert killed, "rank 1 was never killed"
@@ -279,11 +294,11 @@ def test_killed_worker_run_resumes_from_its_last_checkpoint(
 
 @pytest.mark.slow
 def test_asha_stops_the_weak_keras_trial_and_the_best_model_is_the_candidate(
-    ray_session: Any, digits_data: TrainingData, tmp_path: Path
+    ray_session: Any, digits_data: Split, tmp_path: Path
 ) -> None:
     import ray
 
-    from raymlops.train.keras import keras_scores, tune_keras
+    from raymlops.train.keras import train as tune_keras
 
     model_cfg = ModelConfig(
         name="mlp",
@@ -293,7 +308,7 @@ def test_asha_stops_the_weak_keras_trial_and_the_best_model_is_the_candidate(
         search={"learning_rate": {"choice": [0.01, 0.00001]}},
     )
     tune_cfg = TuneConfig(num_samples=2, scheduler="asha", reduction_factor=2, seed=1)
-    trained = tune_keras(model_cfg, tune_cfg, digits_data, storage_path=str(tmp_path), experiment="asha")
+    trained = tune_keras(model_cfg, tune_cfg, digits_data.data, storage_path=str(tmp_path), experiment="asha")
 
     assert trained.kind == "keras" and trained.workers == 2
     assert trained.best_params["learning_rate"] == 0.01
@@ -334,9 +349,9 @@ def _interrupt_when_one_trial_is_done(exp_dir: Path, stop: threading.Event, fire
 
 @pytest.mark.slow
 def test_interrupted_keras_search_resumes_without_rerunning_finished_trials(
-    ray_session: Any, regression_data: TrainingData, tmp_path: Path
+    ray_session: Any, regression_data: Split, tmp_path: Path
 ) -> None:
-    from raymlops.train.keras import keras_scores, tune_keras
+    from raymlops.train.keras import train as tune_keras
 
     model_cfg = ModelConfig(
         name="reg",
@@ -355,7 +370,7 @@ def test_interrupted_keras_search_resumes_without_rerunning_finished_trials(
     watcher.start()
     try:
         first = tune_keras(
-            model_cfg, tune_cfg, regression_data, storage_path=str(tmp_path), experiment="reg_search"
+            model_cfg, tune_cfg, regression_data.data, storage_path=str(tmp_path), experiment="reg_search"
         )
     finally:
         stop.set()
@@ -368,7 +383,12 @@ def test_interrupted_keras_search_resumes_without_rerunning_finished_trials(
     assert first.trials  # the interrupted search still returns its best finished trial
 
     resumed = tune_keras(
-        model_cfg, tune_cfg, regression_data, storage_path=str(tmp_path), experiment="reg_search", resume=True
+        model_cfg,
+        tune_cfg,
+        regression_data.data,
+        storage_path=str(tmp_path),
+        experiment="reg_search",
+        resume=True,
     )
     after = _trial_results(exp_dir)
     for name, lines in finished.items():
