@@ -383,7 +383,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 x = batch["x"].astype(np.float32, copy=False)
                 y = batch["y"].astype(empty_y.dtype, copy=False)
                 rows_local += len(x)
-                if trace_dir is not None:
+                if trace_dir is not None and "row" in batch:
                     seen.append(np.asarray(batch["row"]))
             else:
                 x, y = empty_x, empty_y

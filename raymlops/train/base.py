@@ -25,7 +25,7 @@ _BLOCK_ROWS = 50_000
 
 
 def dataset_from_arrays(X: np.ndarray, y: np.ndarray, *, block_rows: int = _BLOCK_ROWS) -> Any:
-    """A Dataset with one float32 tensor column ``x`` and the encoded target ``y`` (tests, small data)."""
+    """A Dataset with a float32 tensor column ``x``, the encoded target ``y`` and ``row`` (its index)."""
     import pyarrow as pa
     from ray.data.extensions import ArrowTensorArray
 
@@ -33,7 +33,8 @@ def dataset_from_arrays(X: np.ndarray, y: np.ndarray, *, block_rows: int = _BLOC
     n = len(X)
     parts = []
     for idx in np.array_split(np.arange(n), max(1, math.ceil(n / block_rows))):
-        parts.append(pa.table({X_COLUMN: ArrowTensorArray.from_numpy(X[idx]), Y_COLUMN: np.asarray(y)[idx]}))
+        columns = {X_COLUMN: ArrowTensorArray.from_numpy(X[idx]), Y_COLUMN: np.asarray(y)[idx], "row": idx}
+        parts.append(pa.table(columns))
     return ray.data.from_arrow(parts)
 
 
