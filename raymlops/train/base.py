@@ -22,6 +22,7 @@ __all__ = ["SplitArrays", "TrainedModel", "TrainingData", "dataset_from_arrays"]
 X_COLUMN = "x"
 Y_COLUMN = "y"
 _BLOCK_ROWS = 50_000
+_MIN_BLOCKS = 8
 
 
 def dataset_from_arrays(X: np.ndarray, y: np.ndarray, *, block_rows: int = _BLOCK_ROWS) -> Any:
@@ -32,7 +33,10 @@ def dataset_from_arrays(X: np.ndarray, y: np.ndarray, *, block_rows: int = _BLOC
     X = np.ascontiguousarray(X, dtype=np.float32)
     n = len(X)
     parts = []
-    for idx in np.array_split(np.arange(n), max(1, math.ceil(n / block_rows))):
+    # At least a few blocks even for small data: a new block order per epoch is what gives each
+    # data-parallel worker a different shard every epoch.
+    blocks = min(max(_MIN_BLOCKS, math.ceil(n / block_rows)), max(1, n))
+    for idx in np.array_split(np.arange(n), blocks):
         columns = {X_COLUMN: ArrowTensorArray.from_numpy(X[idx]), Y_COLUMN: np.asarray(y)[idx], "row": idx}
         parts.append(pa.table(columns))
     return ray.data.from_arrow(parts)
