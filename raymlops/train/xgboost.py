@@ -1,0 +1,574 @@
+"""XGBoost on Ray: data-parallel boosting with Ray Train's XGBoostTrainer, tuned by Ray Tune.
+
+A ``kind: xgboost`` model trains with Ray Train V2's ``XGBoostTrainer`` on ``workers`` workers. Each
+worker builds its DMatrix from its own shard of the training data
+(``ray.train.get_dataset_shard("train")``) and Ray's XGBoost backend joins them in one collective, so
+every tree is grown from histograms summed across all shards.
+
+Every ``report_every`` boosting rounds rank 0 scores the whole validation split with the booster
+so far, computes raymlops's metrics (:func:`raymlops.evaluate.metrics.compute_metrics`: accuracy,
+log loss, ..., rmse, r2), checkpoints the booster in XGBoost's own UBJSON format and reports both
+with ``ray.train.report``. Inside a Tune trial every report is one Tune step, so ``tune.metric`` and
+ASHA work exactly as for the other kinds, and a stopped trial ends its Train run at its next report
+(all ranks agree through XGBoost's own all-reduce) so that its workers' CPUs come back.
+
+The best trial's last checkpoint is the candidate model: an ``xgboost.Booster``, saved by
+:mod:`raymlops.model.xgboost`. Nothing is pickled.
+
+The Tune side (a class trainable that drives one Train run per trial, forwarding its reports, and
+the resource plan that keeps room for Ray Data on a 2-core machine) is the one Keras uses; see
+:mod:`raymlops.train.keras` for why it is built that way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import xgboost as xgb
+from ray import tune
+
+from raymlops.config import ModelConfig, TuneConfig
+from raymlops.errors import ConfigError
+from raymlops.evaluate.metrics import compute_metrics
+from raymlops.model.xgboost import (
+    XGBOOST_FILE,
+    XGBoostParams,
+    booster_params,
+    scores_from_output,
+    tree_methods,
+)
+from raymlops.train.base import X_COLUMN, Y_COLUMN, TrainedModel, TrainingData
+from raymlops.train.keras import (
+    _DONE,
+    STOP_TIMEOUT_S,
+    _abs_storage,
+    _best_result,
+    _final_reports,
+    _forward_reports_callback,
+    _release_placement_groups,
+    _StopFlagActor,
+    checkpoint_uri,
+    plan_keras_resources,
+)
+from raymlops.train.tune import TrainingError, iter_results, resolve_metric, run_search, summarize_trials
+
+__all__ = [
+    "MAX_REPORTS",
+    "XGBoostRun",
+    "load_booster_checkpoint",
+    "report_every",
+    "train",
+    "train_loop_per_worker",
+    "train_xgboost_distributed",
+]
+
+#: At most this many reports (Tune steps) per trial: a report scores the validation split and
+#: writes a checkpoint, which costs more than a boosting round on small data.
+MAX_REPORTS = 20
+STATE_FILE = "state.json"  # the name Keras checkpoints use too, so the shared recovery code reads both
+POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+POLL_INTERVAL_S = 0.2  # seconds between two reports the Train controller takes (Ray's default: 2)
+
+
+@dataclass
+class XGBoostRun:
+    """The outcome of one Ray Train run: its last metrics (rank 0) and its last checkpoint."""
+
+    metrics: dict[str, Any]
+    checkpoint_path: str | None
+    run_path: str | None = None
+
+
+def _params(model_cfg: ModelConfig, overrides: dict[str, Any] | None = None) -> XGBoostParams:
+    """The entry's params plus a trial's sampled values."""
+    return XGBoostParams.model_validate({**model_cfg.params, **(overrides or {})})
+
+
+def _max_rounds(model_cfg: ModelConfig) -> int:
+    """The most boosting rounds any trial can run (``num_boost_round`` may be searched too)."""
+    base = int(_params(model_cfg).num_boost_round)
+    spec = model_cfg.search.get("num_boost_round")
+    if spec is None:
+        return base
+    if spec.choice is not None:
+        return max(int(v) for v in spec.choice)
+    bounds = spec.randint or spec.uniform or spec.loguniform
+    return int(math.ceil(bounds[1])) if bounds else base
+
+
+def report_every(model_cfg: ModelConfig) -> int:
+    """Rounds between two reports, the same for every trial of the entry so ASHA compares like
+    with like: every round when the longest trial has at most :data:`MAX_REPORTS` rounds."""
+    return max(1, math.ceil(_max_rounds(model_cfg) / MAX_REPORTS))
+
+
+# ---- the Ray Train worker ------------------------------------------------------------------------
+
+
+def _read_split(shard: Any, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """One dataset shard as (X float32, y) arrays (an empty shard gives zero rows)."""
+    xs, ys = [], []
+    for batch in shard.iter_batches(batch_size=65536, batch_format="numpy"):
+        xs.append(np.asarray(batch[X_COLUMN], dtype=np.float32))
+        ys.append(np.asarray(batch[Y_COLUMN]))
+    if not xs:
+        return np.zeros((0, n_features), np.float32), np.zeros(0)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _train_matrix(X: np.ndarray, y: np.ndarray, params: dict[str, Any]) -> Any:
+    """The worker's training matrix; ``hist`` gets a QuantileDMatrix (quantized: a fraction of the
+    float rows' memory). Building it is collective: the quantile sketches of all shards are merged."""
+    threads = int(params.get("nthread") or 0) or None  # this worker's share of the cores
+    if params.get("tree_method", "hist") == "hist":
+        return xgb.QuantileDMatrix(X, label=y, max_bin=int(params.get("max_bin", 256)), nthread=threads)
+    return xgb.DMatrix(X, label=y, nthread=threads)
+
+
+def _restore(checkpoint: Any) -> tuple[Any, dict[str, Any]]:
+    """(booster, state) from the run's latest checkpoint, or (None, {}) for a fresh run."""
+    if checkpoint is None:
+        return None, {}
+    with checkpoint.as_directory() as folder:
+        booster = xgb.Booster(model_file=str(Path(folder) / XGBOOST_FILE))
+        state: dict[str, Any] = json.loads((Path(folder) / STATE_FILE).read_text())
+    return booster, state
+
+
+def _report(booster: Any, metrics: dict[str, Any], rank: int) -> None:
+    """Report on every rank (a barrier); rank 0 attaches the booster as the checkpoint."""
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        booster.save_model(str(Path(tmp) / XGBOOST_FILE))
+        (Path(tmp) / STATE_FILE).write_text(json.dumps({"rounds": metrics["rounds"], "metrics": metrics}))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+class _ReportCallback(xgb.callback.TrainingCallback):
+    """Every ``every`` rounds (and after the last): validation metrics, checkpoint, report, stop check.
+
+    Only rank 0 predicts (prediction is local, no collective); every rank reports and then joins one
+    all-reduce on the stop request, so all ranks leave the boosting loop at the same round.
+    """
+
+    def __init__(
+        self, config: dict[str, Any], rank: int, world: int, dval: Any, y_val: np.ndarray | None
+    ) -> None:
+        super().__init__()
+        self.total = int(config["num_boost_round"])
+        self.every = int(config["every"])
+        self.task = str(config["task"])
+        self.n_classes = int(config["n_classes"])
+        self.stop_flag = config.get("stop_flag")
+        self.rank, self.world = rank, world
+        self.dval, self.y_val = dval, y_val
+        pg = ray.util.get_current_placement_group()
+        self.placement_group = pg.id.hex() if pg is not None else None
+        self._t0 = time.perf_counter()
+        self._rounds_at_t0: int | None = None
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+        rounds = int(model.num_boosted_rounds())
+        if self._rounds_at_t0 is None:
+            self._rounds_at_t0 = rounds - 1
+        if rounds % self.every and rounds < self.total:
+            return False
+        elapsed = time.perf_counter() - self._t0
+        metrics: dict[str, Any] = {
+            "rounds": rounds,
+            "world_size": self.world,
+            "placement_group": self.placement_group,
+            "rounds_per_s": (rounds - self._rounds_at_t0) / max(elapsed, 1e-9),
+        }
+        if self.y_val is not None:  # rank 0
+            scores = scores_from_output(model.predict(self.dval), self.task)
+            metrics.update(compute_metrics(self.task, self.y_val, scores, self.n_classes))
+        _report(model, metrics, self.rank)
+        return rounds < self.total and self._stop_requested()
+
+    def _stop_requested(self) -> bool:
+        """Whether the owner asked the run to end (ASHA stopped the trial); every rank gets one answer."""
+        if self.stop_flag is None:
+            return False
+        flag = np.zeros(1, np.float64)
+        if self.rank == 0:
+            try:
+                flag[0] = float(bool(ray.get(self.stop_flag.is_set.remote(), timeout=30)))
+            except Exception:  # the owner is gone: nobody wants the rest of this run
+                flag[0] = 1.0
+        if self.world > 1:
+            flag = xgb.collective.allreduce(flag, xgb.collective.Op.MAX)
+        return bool(flag[0] > 0)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The Ray Train loop: build the shard's matrix, restore, boost, report every few rounds.
+
+    Args:
+        config: ``params`` (the ``xgboost.train`` parameter dict, device and threads included),
+            ``num_boost_round``, ``every`` (rounds between reports), ``task``, ``n_classes``,
+            ``n_features`` and an optional ``stop_flag`` actor (when set, the run ends at its next
+            report).
+    """
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    params = dict(config["params"])
+    n_features = int(config["n_features"])
+    X, y = _read_split(ray.train.get_dataset_shard("train"), n_features)
+    dtrain = _train_matrix(X, y, params)
+    del X, y
+    # Every rank builds a validation matrix (DMatrix construction is collective: the column count is
+    # agreed across workers); only rank 0 holds the rows and predicts on them.
+    X_val, y_val = _read_split(ray.train.get_dataset_shard("val"), n_features) if rank == 0 else (None, None)
+    dval = xgb.DMatrix(
+        X_val if X_val is not None else np.zeros((0, n_features), np.float32), nthread=params.get("nthread")
+    )
+    booster, state = _restore(ray.train.get_checkpoint())
+    done = int(booster.num_boosted_rounds()) if booster is not None else 0
+    total = int(config["num_boost_round"])
+    if booster is not None and done >= total:
+        # Restored after the last round was checkpointed: report it again so that a resumed Tune
+        # trial still sees the final metrics and checkpoint.
+        _report(booster, dict(state.get("metrics") or {"rounds": done}), rank)
+        return
+    callback = _ReportCallback(config, rank, world, dval, np.asarray(y_val) if y_val is not None else None)
+    xgb.train(
+        params,
+        dtrain,
+        num_boost_round=total - done,
+        xgb_model=booster,
+        callbacks=[callback],
+        verbose_eval=False,
+    )
+
+
+# ---- one Train run -------------------------------------------------------------------------------
+
+
+def _check_device(gpu: bool, methods: set[str]) -> None:
+    """XGBoost's exact method has no GPU implementation: say so before any worker starts."""
+    if gpu and "exact" in methods:
+        raise ConfigError(
+            "tree_method 'exact' does not run on a GPU, and this cluster gives each worker one "
+            "(use_gpu: auto); use 'hist', or set use_gpu: false"
+        )
+
+
+def train_xgboost_distributed(
+    params: XGBoostParams,
+    data: TrainingData,
+    *,
+    workers: int,
+    use_gpu: bool | str = "auto",
+    storage_path: str,
+    name: str,
+    every: int = 1,
+    max_failures: int = 0,
+    cpus_per_worker: float | None = None,
+    threads: int | None = None,
+    callbacks: list[Any] | None = None,
+    stop_flag: Any = None,
+) -> XGBoostRun:
+    """One data-parallel Ray Train run of XGBoost; every ``every`` rounds it reports and checkpoints.
+
+    Args:
+        params: the boosting parameters.
+        data: training rows (sharded across workers) and validation rows (scored by rank 0).
+        workers: Ray Train workers, joined in one XGBoost collective.
+        use_gpu: True, False or "auto" (``device: cuda`` when the cluster has a GPU per worker).
+        storage_path: where Ray Train keeps the run and its checkpoints (shared on a cluster).
+        name: the run's name; the same (storage_path, name) resumes an interrupted run.
+        every: boosting rounds between two reports.
+        max_failures: worker failures tolerated; the run continues from its last checkpoint.
+        cpus_per_worker: CPUs per worker; default from the resource plan.
+        threads: XGBoost threads per worker; default from the CPUs per worker.
+        callbacks: Ray Train ``UserCallback``s (they run in the Train controller).
+        stop_flag: an actor with ``is_set()``; when set, the run ends at its next report.
+    """
+    import ray.train
+    from ray.train.xgboost import XGBoostTrainer
+
+    if data.n_train < workers:
+        raise TrainingError(f"{data.n_train} training rows cannot be split across {workers} workers")
+    plan = plan_keras_resources(workers, use_gpu)
+    _check_device(plan.use_gpu, {params.tree_method})
+    cpus = float(cpus_per_worker if cpus_per_worker is not None else plan.cpus_per_worker)
+    resources: dict[str, float] = {"CPU": cpus, **({"GPU": 1.0} if plan.use_gpu else {})}
+    booster = booster_params(params, data.task, data.n_classes, gpu=plan.use_gpu)
+    booster["nthread"] = int(threads or max(1, int(cpus)))
+    loop_config = {
+        "params": booster,
+        "num_boost_round": int(params.num_boost_round),
+        "every": int(every),
+        "task": data.task,
+        "n_classes": int(data.n_classes),
+        "n_features": int(data.n_features),
+        "stop_flag": stop_flag,
+    }
+    trainer = XGBoostTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=plan.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=_abs_storage(storage_path),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks or None,
+        ),
+        datasets={"train": data.train, "val": data.val},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    with _fast_report_polling():
+        result = trainer.fit()
+    return XGBoostRun(
+        metrics=dict(result.metrics or {}),
+        checkpoint_path=checkpoint_uri(result.checkpoint) if result.checkpoint is not None else None,
+        run_path=str(result.path) if getattr(result, "path", None) else None,
+    )
+
+
+@contextlib.contextmanager
+def _fast_report_polling() -> Iterator[None]:
+    """Let the Train controller take reports every :data:`POLL_INTERVAL_S` instead of every 2 s.
+
+    The controller takes one report per worker per poll and a worker blocks on its next report
+    until then; boosting rounds take milliseconds, so at Ray's default a 20-report run would wait
+    40 s. Ray passes this variable from the process that calls ``fit`` to the controller it starts;
+    a value the user set is kept.
+    """
+    if POLL_ENV in os.environ:
+        yield
+        return
+    os.environ[POLL_ENV] = str(POLL_INTERVAL_S)
+    try:
+        yield
+    finally:
+        os.environ.pop(POLL_ENV, None)
+
+
+def load_booster_checkpoint(path: str) -> Any:
+    """The booster stored in one checkpoint (a local path or a storage URI), set to predict on CPU."""
+    import ray.train
+
+    with ray.train.Checkpoint(path).as_directory() as folder:
+        booster = xgb.Booster(model_file=str(Path(folder) / XGBOOST_FILE))
+    booster.set_param({"device": "cpu"})
+    return booster
+
+
+# ---- Tune ----------------------------------------------------------------------------------------
+
+
+class _XGBoostTrial(tune.Trainable):
+    """One Tune trial: a Ray Train run for the sampled params, one Tune step per report.
+
+    A class trainable for the reason :class:`raymlops.train.keras._KerasTrial` is one: a stopped
+    trial asks its Train run to end at the next report and waits for it, so the run releases its
+    placement group instead of leaking its workers' CPUs.
+    """
+
+    def setup(  # type: ignore[override]
+        self,
+        config: dict[str, Any],
+        data: TrainingData,
+        model_cfg: ModelConfig,
+        plan: dict[str, Any],
+        every: int,
+        train_storage: str,
+    ) -> None:
+        self._data = data
+        self._model_cfg = model_cfg
+        self._plan = plan
+        self._every = every
+        self._train_storage = train_storage
+        self._thread: Any = None
+        self._start(config)
+
+    def _start(self, config: dict[str, Any]) -> None:
+        from ray.util.queue import Queue
+
+        params = _params(self._model_cfg, config)
+        self._rounds = int(params.num_boost_round)
+        self._queue = Queue(actor_options={"num_cpus": 0})
+        self._flag = _StopFlagActor.remote()
+        self._error: BaseException | None = None
+        self._last: dict[str, Any] = {}
+        kwargs = {
+            "workers": int(self._plan["workers"]),
+            "use_gpu": bool(self._plan["use_gpu"]),
+            "storage_path": self._train_storage,
+            # Fixed per trial, so a restored trial resumes its Train run from its last checkpoint.
+            "name": f"train_{self.trial_id}",
+            "every": self._every,
+            "max_failures": self._model_cfg.max_failures,
+            "cpus_per_worker": float(self._plan["cpus_per_worker"]),
+            "threads": int(self._plan["threads"]),
+            "callbacks": [_forward_reports_callback(self._queue)],
+            "stop_flag": self._flag,
+        }
+        self._thread = threading.Thread(
+            target=self._run, args=(params, kwargs, self._queue), name="raymlops-xgboost-train", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, params: XGBoostParams, kwargs: dict[str, Any], queue: Any) -> None:
+        try:
+            train_xgboost_distributed(params, self._data, **kwargs)
+        except BaseException as err:  # surfaced by step()
+            self._error = err
+        finally:
+            queue.put(_DONE)
+
+    def _stop_run(self) -> None:
+        """Ask the running Train run to end at its next report and wait until it has (bounded)."""
+        if self._thread is None:
+            return
+        with contextlib.suppress(Exception):
+            ray.get(self._flag.set.remote(), timeout=30)
+        self._thread.join(timeout=STOP_TIMEOUT_S)
+        self._thread = None
+
+    def step(self) -> dict[str, Any]:
+        item = self._queue.get()
+        if item == _DONE:
+            if self._error is not None:
+                raise self._error
+            return {**self._last, "done": True}
+        self._last = item
+        if int(item.get("rounds", 0)) >= self._rounds:
+            return {**item, "done": True}
+        return dict(item)
+
+    def save_checkpoint(self, checkpoint_dir: str) -> dict[str, Any]:
+        """Only the last report: the booster lives in the Train run's checkpoints."""
+        return {"last": self._last}
+
+    def load_checkpoint(self, checkpoint: Any) -> None:
+        if isinstance(checkpoint, dict):
+            self._last = dict(checkpoint.get("last") or {})
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        """Reuse this actor for the next trial (``reuse_actors``): end the old run, start the new one."""
+        self._stop_run()
+        self._start(new_config)
+        return True
+
+    def cleanup(self) -> None:
+        self._stop_run()
+
+
+def _rounds_in_search(results: Any) -> int:
+    """Boosting rounds the trials reported in total (ASHA makes it smaller than num_samples x rounds)."""
+    return int(sum(int((r.metrics or {}).get("rounds") or 0) for r in iter_results(results)))
+
+
+def _stopped_early(results: Any, model_cfg: ModelConfig) -> int:
+    """Trials that ended (ASHA, interruption) before their last round."""
+    count = 0
+    for result in iter_results(results):
+        planned = int(_params(model_cfg, result.config or {}).num_boost_round)
+        if result.metrics and int(result.metrics.get("rounds", 0)) < planned:
+            count += 1
+    return count
+
+
+def train(
+    model_cfg: ModelConfig,
+    tune_cfg: TuneConfig,
+    data: TrainingData,
+    *,
+    storage_path: str,
+    experiment: str,
+    resume: bool = False,
+    base_dir: str | None = None,
+) -> TrainedModel:
+    """Search the booster's space with Tune (each trial a data-parallel Train run); return the best.
+
+    Every report carries the validation metric, so ``scheduler: asha`` stops weak trials early. With
+    ``resume`` an interrupted experiment continues: finished trials are kept, unfinished ones resume
+    their Train runs from their last checkpoint. The candidate is the best trial's last booster.
+    """
+    metric, mode = resolve_metric(tune_cfg, data.task)
+    _params(model_cfg)  # fail before any Ray work on a bad params block
+    if data.n_train < model_cfg.workers:
+        raise TrainingError(
+            f"model {model_cfg.name!r}: {data.n_train} training rows cannot be split across "
+            f"{model_cfg.workers} workers"
+        )
+    plan = plan_keras_resources(model_cfg.workers, model_cfg.use_gpu, tune_cfg)
+    _check_device(plan.use_gpu, tree_methods(model_cfg))
+    every = report_every(model_cfg)
+    storage = _abs_storage(storage_path)
+    train_storage = f"{storage.rstrip('/')}/{experiment}"
+    trainable = tune.with_parameters(
+        _XGBoostTrial,
+        data=data,
+        model_cfg=model_cfg,
+        plan=asdict(plan),
+        every=every,
+        train_storage=train_storage,
+    )
+    results = run_search(
+        trainable,
+        model_cfg=model_cfg,
+        tune_cfg=tune_cfg,
+        metric=metric,
+        mode=mode,
+        resources={"cpu": plan.trial_cpus},
+        max_concurrent=plan.max_concurrent,
+        max_t=math.ceil(_max_rounds(model_cfg) / every),
+        storage_path=storage,
+        experiment=experiment,
+        resume=resume,
+    )
+    _release_placement_groups(results)
+    picked = _best_result(_final_reports(results, train_storage), metric, mode)
+    if picked is None:
+        errors = [str(r.error) for r in iter_results(results) if r.error]
+        raise TrainingError(
+            f"every trial of model {model_cfg.name!r} failed: {errors[0] if errors else 'no result'}"
+        )
+    best, best_metrics, best_checkpoint = picked
+    booster = load_booster_checkpoint(best_checkpoint)
+    sampled = {k: v for k, v in (best.config or {}).items() if k in model_cfg.search}
+    return TrainedModel(
+        name=model_cfg.name,
+        kind="xgboost",
+        workers=model_cfg.workers,
+        best_params={**model_cfg.params, **sampled},
+        val_metric=float(best_metrics[metric]),
+        estimator=booster,
+        trials=summarize_trials(results, metric),
+        extra={
+            "checkpoint_path": best_checkpoint,
+            "rounds": int(booster.num_boosted_rounds()),
+            "report_every": every,
+            "rounds_in_search": _rounds_in_search(results),
+            "trials_stopped_early": _stopped_early(results, model_cfg),
+            "use_gpu": plan.use_gpu,
+            "cpus_per_worker": plan.cpus_per_worker,
+            "max_concurrent_trials": plan.max_concurrent,
+            "rounds_per_s": best_metrics.get("rounds_per_s"),
+        },
+    )
