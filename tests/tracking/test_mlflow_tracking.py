@@ -15,10 +15,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from raymlops.model import ModelBundle
 from raymlops.cli import app
 from raymlops.config import load_pipeline
 from raymlops.data.ingest import read_frame
+from raymlops.model import ModelBundle
 from raymlops.pipeline import run_pipeline
 from raymlops.tracking import mirror_alias
 
