@@ -201,16 +201,24 @@ def _tiny_pipeline(folder: Path, name: str, source: str, extra: dict[str, Any] |
 
 
 def test_cluster_has_a_head_and_two_worker_nodes(cluster: Cluster) -> None:
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "ray"), "status", "--address", cluster.gcs],
-        env=cluster.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    active = out.stdout.split("Active:", 1)[1].split("Pending:", 1)[0]
-    assert len(re.findall(r"^\s*1 node_[0-9a-f]+", active, re.MULTILINE)) == NUM_WORKERS + 1, out.stdout
+    # `ray status` shows the autoscaler's view, which refreshes every few seconds: a node that the
+    # GCS already lists alive (what up.sh waits for) can take a moment to appear there.
+    deadline = time.monotonic() + 60
+    while True:
+        out = subprocess.run(
+            [str(Path(sys.executable).parent / "ray"), "status", "--address", cluster.gcs],
+            env=cluster.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        active = out.stdout.split("Active:", 1)[1].split("Pending:", 1)[0]
+        seen = len(re.findall(r"^\s*1 node_[0-9a-f]+", active, re.MULTILINE))
+        if seen == NUM_WORKERS + 1 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert seen == NUM_WORKERS + 1, out.stdout
 
     status, body = _get(f"{cluster.api}/api/v0/nodes?limit=100&detail=true", cluster.token)
     assert status == 200, body
