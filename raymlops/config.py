@@ -76,6 +76,10 @@ class SplitConfig(_Strict):
     )
     seed: int = 42
     stratify: bool = True
+    key: str | None = Field(
+        None,
+        description="Column whose hash assigns each row to a part (e.g. an id); default: the row's content",
+    )
 
 
 ColumnType = Literal["float", "int", "category", "bool", "string"]
@@ -96,8 +100,14 @@ class DataConfig(_Strict):
 
 class ValidationConfig(_Strict):
     max_null_fraction: float = Field(0.0, ge=0, le=1)
-    forbid_constant_columns: bool = True
+    forbid_constant_columns: bool = Field(
+        False, description="Refuse constant columns; by default they are left out of the features with a warning"
+    )
     min_rows: int = Field(10, ge=1)
+    allow_schema_change: bool = Field(
+        False,
+        description="Train even when the data's schema differs from the champion's (types, categories, features)",
+    )
 
 
 class ColumnsSpec(_Strict):
