@@ -19,6 +19,7 @@ are profiled in-process, so ``raymlops validate`` on them needs no Ray at all.
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,10 +135,8 @@ class _Profile:
         self.spec = spec
 
     def __call__(self, table: pa.Table) -> dict[str, Any]:
-        profile = SourceProfile.of_table(table, self.spec)
-        out = np.empty(1, dtype=object)
-        out[0] = profile
-        return {"profile": out}
+        # bytes, not objects: Ray Data would warn that it falls back to pickling them anyway
+        return {"profile": np.array([pickle.dumps(SourceProfile.of_table(table, self.spec))], dtype=object)}
 
 
 def _profile_dataset(ds: Any, spec: ProfileSpec, source: str) -> SourceProfile:
@@ -147,8 +146,8 @@ def _profile_dataset(ds: Any, spec: ProfileSpec, source: str) -> SourceProfile:
             _Profile(spec), batch_format="pyarrow", batch_size=None, zero_copy_batch=True
         )
         for batch in profiles.iter_batches(batch_size=None, batch_format="numpy"):
-            for part in batch["profile"]:
-                total = total.merge(part)
+            for blob in batch["profile"]:
+                total = total.merge(pickle.loads(blob))  # noqa: S301 - written by our own tasks above
     except DataError:
         raise
     except Exception as err:  # Arrow's parse errors name the file and line; keep them.
@@ -296,9 +295,7 @@ class _Stats:
         if self.schema.task == "regression":
             numeric = np.column_stack([numeric, _numeric_values(table.column(self.schema.target))])
             names.append(self.schema.target)
-        out = np.empty(1, dtype=object)
-        out[0] = TrainStats.of_batch(names, numeric, categorical)
-        return {"stats": out}
+        return {"stats": np.array([pickle.dumps(TrainStats.of_batch(names, numeric, categorical))], dtype=object)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -386,7 +383,8 @@ def _train_stats(rows: Any, schema: TableSchema) -> Any:
     for batch in rows.map_batches(_Stats(schema), batch_format="pyarrow", batch_size=None).iter_batches(
         batch_size=None, batch_format="numpy"
     ):
-        for part in batch["stats"]:
+        for blob in batch["stats"]:
+            part = pickle.loads(blob)  # noqa: S301 - written by our own tasks above
             total = part if total is None else total.merge(part)
     if total is None:
         raise DataError("the training part of the split has no rows")

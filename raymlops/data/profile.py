@@ -144,7 +144,7 @@ class SourceProfile:
     Attributes:
         rows: rows seen.
         columns: column name -> its profile, in the source's column order.
-        hash_sum: sum of the rows' 64-bit hashes modulo 2**64 (the fingerprint's content part).
+        hash_sum: sum of the rows' 64-bit content hashes modulo 2**64 (the fingerprint's content part).
         class_buckets: target value -> row counts per hash bucket (the stratified split's input).
         buckets: row counts per hash bucket over all rows (the plain split's input).
         files: rows per source file (empty for in-memory sources).
@@ -190,6 +190,7 @@ class SourceProfile:
             for name in data.column_names
         }
         hashes = row_hashes(data, spec)
+        content = hashes if spec.key is None else row_hashes(data, ProfileSpec(target=spec.target))
         buckets = (hashes >> np.uint64(64 - 12)).astype(np.int64)
         files: dict[str, int] = {}
         if paths is not None:
@@ -198,7 +199,7 @@ class SourceProfile:
         return cls(
             rows=data.num_rows,
             columns=columns,
-            hash_sum=int(hashes.sum(dtype=np.uint64)),
+            hash_sum=int(content.sum(dtype=np.uint64)),
             class_buckets=_class_buckets(data, spec.target, buckets),
             buckets=np.bincount(buckets, minlength=BUCKETS),
             files=files,
