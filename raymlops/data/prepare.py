@@ -295,7 +295,9 @@ class _Stats:
         if self.schema.task == "regression":
             numeric = np.column_stack([numeric, _numeric_values(table.column(self.schema.target))])
             names.append(self.schema.target)
-        return {"stats": np.array([pickle.dumps(TrainStats.of_batch(names, numeric, categorical))], dtype=object)}
+        return {
+            "stats": np.array([pickle.dumps(TrainStats.of_batch(names, numeric, categorical))], dtype=object)
+        }
 
 
 # ------------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import pytest
 
 from raymlops.config import PipelineConfig
 from raymlops.data._errors import DataValidationError
-from raymlops.data.preprocess import FeaturePipeline, fit_plan
 from raymlops.data.prepare import check_source, prepare
+from raymlops.data.preprocess import FeaturePipeline, fit_plan
 from raymlops.data.validate import validate_training_frame
 
 
