@@ -46,6 +46,7 @@ __all__ = [
     "config_hash",
     "load_pipeline",
     "pipeline_json_schema",
+    "resolve_metric",
 ]
 
 CLASSIFICATION_METRICS = ("accuracy", "f1_macro", "roc_auc", "log_loss")
@@ -61,6 +62,14 @@ METRIC_MODES: dict[str, Literal["max", "min"]] = {
 }
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def resolve_metric(tune_cfg: TuneConfig, task: str) -> tuple[str, Literal["max", "min"]]:
+    """The metric trials are ranked by and its direction; refuses a metric that misfits the task."""
+    metric = tune_cfg.metric or ("accuracy" if task == "classification" else "rmse")
+    if (task == "classification") != (metric in CLASSIFICATION_METRICS):
+        raise ConfigError(f"tune.metric {metric!r} does not fit a {task} target")
+    return metric, tune_cfg.mode or METRIC_MODES[metric]
 
 
 class _Strict(BaseModel):

@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from raymlops.cluster import connect
-from raymlops.config import METRIC_MODES, PipelineConfig, config_hash
+from raymlops.config import METRIC_MODES, PipelineConfig, config_hash, resolve_metric
 from raymlops.data._errors import DataValidationError
 from raymlops.model import ModelBundle, TableSchema
 
@@ -32,6 +31,8 @@ log = logging.getLogger("raymlops")
 
 
 def _connect_for(cfg: PipelineConfig, address: str | None = None) -> Any:
+    from raymlops.cluster import connect
+
     return connect(address)
 
 
@@ -42,7 +43,6 @@ def validate_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dic
     makes (Ray tasks read the rows; the driver merges statistics).
     """
     from raymlops.data.prepare import check_source
-    from raymlops.train.tune import resolve_metric
 
     if not cfg.data.source.startswith("builtin://"):
         _connect_for(cfg, address)
@@ -174,11 +174,10 @@ def _run_untracked(
     from raymlops.data.prepare import check_source, prepare
     from raymlops.registry import ModelStore, resolve_store_uri
     from raymlops.train import train_model
-    from raymlops.train.tune import resolve_metric
 
     started = time.time()
     store_obj = ModelStore(resolve_store_uri(store, cfg.store))
-    cluster = connect(address)
+    cluster = _connect_for(cfg, address)
     log.info("connected to Ray: %s CPUs, %s GPUs, %s node(s)", cluster.cpus, cluster.gpus, cluster.nodes)
 
     checked = check_source(cfg)
