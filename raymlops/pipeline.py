@@ -306,9 +306,21 @@ def _run_untracked(
         "explain": governance["explain"],
         "report": version.uri.rstrip("/") + "/" + REPORT_FILE,
         "data": metadata["data"],
-        "cluster": {"cpus": cluster.cpus, "gpus": cluster.gpus, "nodes": cluster.nodes},
+        "cluster": {
+            "cpus": cluster.cpus,
+            "gpus": cluster.gpus,
+            "nodes": cluster.nodes,
+            "driver_peak_rss_mb": _peak_rss_mb(),
+        },
         "seconds": round(time.time() - started, 2),
     }
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory: the driver's, which must not grow with the data."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _promote(
@@ -363,7 +375,7 @@ EXPLAIN_FILE = "explain.json"
 _EXPLAIN_ROWS = 2000
 _PD_ROWS = 500
 _TOP_FEATURES = 5
-_REFERENCE_ROWS = 50_000
+_REFERENCE_ROWS = 20_000
 
 
 def _governance(
