@@ -406,9 +406,11 @@ def _governance(
 
     started = time.time()
     schema = prepared.schema
-    sample = held_out.sample if held_out.sample is not None else None
+    sample = held_out.sample
+    sample_y = held_out.sample_y
+    assert sample is not None and sample_y is not None  # evaluate_held_out always draws one
     explanation = explain_model(
-        bundle, sample, held_out.sample_y, metric, top=_TOP_FEATURES, max_rows=_EXPLAIN_ROWS, pd_rows=_PD_ROWS
+        bundle, sample, sample_y, metric, top=_TOP_FEATURES, max_rows=_EXPLAIN_ROWS, pd_rows=_PD_ROWS
     )
     (folder / EXPLAIN_FILE).write_text(json.dumps(explanation, indent=1, default=str))
     training_rows = sample_rows(prepared, "train", _REFERENCE_ROWS)
@@ -447,7 +449,7 @@ def _governance(
         "rows_sampled": reference["rows_sampled"],
     }
     metadata["split_drift"] = {"drifted_features": split_drift["drifted_features"]}
-    residuals = (held_out._y, np.asarray(scores)) if schema.task == "regression" else None
+    residuals = (held_out.y, np.asarray(scores)) if schema.task == "regression" else None
     write_report(
         folder / REPORT_FILE,
         cfg.name,

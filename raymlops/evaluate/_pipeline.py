@@ -50,6 +50,11 @@ class HeldOut:
     _scores: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _groups: np.ndarray | None = field(default=None, repr=False)
 
+    @property
+    def y(self) -> np.ndarray:
+        """The encoded target of the held-out rows."""
+        return self._y if self._y is not None else np.array([])
+
     def scores(self, name: str) -> np.ndarray:
         return self._scores[name]
 
