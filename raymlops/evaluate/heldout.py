@@ -44,6 +44,7 @@ __all__ = [
     "normalized_proba",
     "poisson_weights",
     "row_keys",
+    "sample_keys",
 ]
 
 EXACT_AUC_MAX = 200_000
@@ -103,6 +104,11 @@ def row_keys(frame: pd.DataFrame, columns: list[str] | None = None) -> np.ndarra
         with np.errstate(over="ignore"):
             h = _mix(h ^ (_column_hash(frame[name]) + tag))
     return h
+
+
+def sample_keys(keys: np.ndarray, seed: int) -> np.ndarray:
+    """Seeded sort keys for hash samples: the rows with the lowest are a uniform random sample."""
+    return _mix(np.asarray(keys, dtype=np.uint64) ^ _stream(seed, 0xFFFFF))
 
 
 def _stream(seed: int, replicate: int) -> np.uint64:
