@@ -282,17 +282,16 @@ class FairnessPartial:
     ) -> FairnessPartial:
         """The per-group sums of one batch (arguments as :func:`fairness_report`'s, row-aligned)."""
         series = pd.Series(sensitive).reset_index(drop=True)
-        k = int(n_classes or (np.asarray(scores).reshape(len(series), -1).shape[1] if task != "regression" else 0))
+        k = int(
+            n_classes or (np.asarray(scores).reshape(len(series), -1).shape[1] if task != "regression" else 0)
+        )
         stats = _row_stats(np.asarray(y_true), np.asarray(scores), task, k)
         null = series.isna().to_numpy()
         numeric = bool(pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series))
         present = series[~null]
         codes, uniques = pd.factorize(present, sort=False)
         names = np.array([str(v) for v in np.asarray(uniques, dtype=object)], dtype=object)
-        if numeric:
-            values = np.asarray(uniques, dtype=np.float64)
-        else:
-            values = np.full(len(uniques), np.nan)
+        values = np.asarray(uniques, dtype=np.float64) if numeric else np.full(len(uniques), np.nan)
         exact = _Table(names, values, _sum_by(codes, stats[~null], len(uniques)))
         exact = _Table.build(exact.names, exact.values, exact.stats)  # "1" twice (1 and "1") is one name
         rounded = None
@@ -309,9 +308,7 @@ class FairnessPartial:
     def merge(self, other: FairnessPartial) -> FairnessPartial:
         if (self.task, self.n_classes) != (other.task, other.n_classes):
             raise ValueError("fairness partials of different tasks or class counts cannot be merged")
-        exact = (
-            self.exact.merge(other.exact) if self.exact is not None and other.exact is not None else None
-        )
+        exact = self.exact.merge(other.exact) if self.exact is not None and other.exact is not None else None
         rounded = (
             self.rounded.merge(other.rounded)
             if self.rounded is not None and other.rounded is not None
@@ -421,11 +418,11 @@ def _regression_report(
     by_name: dict[str, np.ndarray],
     rows: dict[str, int],
 ) -> dict[str, Any]:
-    means = []
+    means: list[float | None] = []
     for g in names:
         s = by_name[g]
         n = s[0]
-        row = {
+        row: dict[str, Any] = {
             "group": g,
             "rows": rows[g],
             "mean_prediction": float(s[1] / n),

@@ -441,10 +441,8 @@ def _confusion_values(cm: np.ndarray) -> dict[str, float]:
 
 
 def _regression_values(n: float, sse: float, sae: float, m2: float) -> dict[str, float]:
-    if m2 != 0:
-        r2 = 1.0 - sse / m2
-    else:  # scikit-learn's force_finite: perfect predictions of a constant are 1, anything else 0
-        r2 = 1.0 if sse == 0 else 0.0
+    # scikit-learn's force_finite: perfect predictions of a constant target are 1, anything else 0.
+    r2 = 1.0 - sse / m2 if m2 != 0 else 1.0 if sse == 0 else 0.0
     return {"rmse": float(math.sqrt(sse / n)), "mae": float(sae / n), "r2": float(r2)}
 
 

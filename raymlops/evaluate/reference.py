@@ -495,7 +495,9 @@ class ReferencePartial:
         """
         numeric = {c: NumericSummary.from_values(numeric_values(frame[c])) for c in schema.numeric}
         categorical = {c: CategoricalSummary.from_series(frame[c]) for c in schema.categorical}
-        return cls(len(frame), numeric, categorical, HashSample.from_batch(keys, _sample_columns(frame, schema), cap))
+        return cls(
+            len(frame), numeric, categorical, HashSample.from_batch(keys, _sample_columns(frame, schema), cap)
+        )
 
     def merge(self, other: ReferencePartial) -> ReferencePartial:
         return ReferencePartial(

@@ -132,7 +132,11 @@ class ModelEvaluation:
     def champion_record(self, version: int | None) -> dict[str, Any]:
         """The gate's ``champion`` entry, as the pipeline's in-memory re-scoring writes it."""
         if self.error is not None:
-            return {"version": version, "metrics": {}, "note": f"champion cannot score these rows: {self.error}"}
+            return {
+                "version": version,
+                "metrics": {},
+                "note": f"champion cannot score these rows: {self.error}",
+            }
         if self.rejected:
             return {"version": version, "metrics": {}, "note": "champion cannot score these rows"}
         return {"version": version, "metrics": dict(self.metrics)}
@@ -242,7 +246,9 @@ def _interval_metric_for(metric: str | None, task: str) -> str | None:
     return metric if (metric in _CLASSIFICATION_METRICS) == (task == "classification") else None
 
 
-def _score_model(name: str, bundle: Any, batch: pd.DataFrame, keys: np.ndarray, cfg: _PassConfig) -> _ModelPart:
+def _score_model(
+    name: str, bundle: Any, batch: pd.DataFrame, keys: np.ndarray, cfg: _PassConfig
+) -> _ModelPart:
     """One model on one batch: its partial metrics, fairness counts and prediction statistics."""
     try:
         scored = bundle.score(batch)
@@ -300,7 +306,9 @@ class _SplitScorer:
         if isinstance(bundles, ray.ObjectRef):
             bundles = ray.get(bundles)
         self.bundles = {
-            name: (b.load() if isinstance(b, BundleRef) else ray.get(b) if isinstance(b, ray.ObjectRef) else b)
+            name: (
+                b.load() if isinstance(b, BundleRef) else ray.get(b) if isinstance(b, ray.ObjectRef) else b
+            )
             for name, b in bundles.items()
         }
         self.cfg = cfg
@@ -310,7 +318,9 @@ class _SplitScorer:
         return {"partial": np.array([pickle.dumps(part)], dtype=object)}
 
 
-def _finish(name: str, part: _ModelPart, bundle_schema: Any, cfg: _PassConfig, level: float) -> ModelEvaluation:
+def _finish(
+    name: str, part: _ModelPart, bundle_schema: Any, cfg: _PassConfig, level: float
+) -> ModelEvaluation:
     out = ModelEvaluation(
         name,
         rows=part.rows,

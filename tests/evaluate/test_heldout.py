@@ -53,7 +53,8 @@ def _cuts(n: int, seed: int) -> list[tuple[int, int]]:
 def _merged(y: np.ndarray, scores: np.ndarray, task: str, k: int, layout: int, **kw: Any) -> MetricsPartial:
     keys = np.arange(len(y), dtype=np.uint64) * np.uint64(2654435761)
     parts = [
-        MetricsPartial.from_batch(y[a:b], scores[a:b], task, k, keys[a:b], **kw) for a, b in _cuts(len(y), layout)
+        MetricsPartial.from_batch(y[a:b], scores[a:b], task, k, keys[a:b], **kw)
+        for a, b in _cuts(len(y), layout)
     ]
     order = np.random.default_rng(layout).permutation(len(parts))
     merged = parts[order[0]]
@@ -141,19 +142,21 @@ def test_the_bootstrap_interval_does_not_depend_on_the_block_layout_or_row_order
     # Rows keep their weights when the split is read in another order.
     perm = np.random.default_rng(0).permutation(len(y))
     keys = np.arange(len(y), dtype=np.uint64) * np.uint64(2654435761)
-    shuffled = MetricsPartial.from_batch(y[perm], proba[perm], "classification", 3, keys[perm], **kw).interval()
+    shuffled = MetricsPartial.from_batch(
+        y[perm], proba[perm], "classification", 3, keys[perm], **kw
+    ).interval()
     np.testing.assert_allclose([shuffled["low"], shuffled["high"]], [first["low"], first["high"]], rtol=1e-12)
 
 
 def test_the_bootstrap_is_seeded_and_agrees_with_the_in_memory_interval() -> None:
     y, proba = _classification(seed=2, n=3000, k=2)
-    a = _merged(y, proba, "classification", 2, 0, interval_metric="accuracy", rounds=200, seed=0).interval()
-    b = _merged(y, proba, "classification", 2, 1, interval_metric="accuracy", rounds=200, seed=0).interval()
-    c = _merged(y, proba, "classification", 2, 0, interval_metric="accuracy", rounds=200, seed=1).interval()
+    a = _merged(y, proba, "classification", 2, 0, interval_metric="accuracy", rounds=150, seed=0).interval()
+    b = _merged(y, proba, "classification", 2, 1, interval_metric="accuracy", rounds=150, seed=0).interval()
+    c = _merged(y, proba, "classification", 2, 0, interval_metric="accuracy", rounds=150, seed=1).interval()
     assert a == b and a != c
     accuracy = compute_metrics("classification", y, proba, 2)["accuracy"]
     assert a["low"] < accuracy < a["high"] and a["level"] == 0.95
-    classic = bootstrap_interval("classification", y, proba, "accuracy", 2, rounds=200)
+    classic = bootstrap_interval("classification", y, proba, "accuracy", 2, rounds=150)
     assert abs(a["low"] - classic["low"]) < 0.01 and abs(a["high"] - classic["high"]) < 0.01
 
 
@@ -166,7 +169,9 @@ def test_a_regression_interval_brackets_the_metric() -> None:
         interval, value = merged.interval(), merged.finalize()[metric]
         assert interval["low"] < value < interval["high"] and interval["rounds"] == 100
         classic = bootstrap_interval("regression", y, pred, metric, rounds=100)
-        assert abs(interval["high"] - interval["low"]) == pytest.approx(classic["high"] - classic["low"], rel=0.35)
+        assert abs(interval["high"] - interval["low"]) == pytest.approx(
+            classic["high"] - classic["low"], rel=0.35
+        )
 
 
 def test_poisson_weights_are_a_function_of_the_row_key_only() -> None:
@@ -216,7 +221,9 @@ def _assert_same(expected: Any, got: Any, path: str = "") -> None:
         assert expected == got, (path, expected, got)
 
 
-def _fairness_partial(sensitive: pd.Series, y: np.ndarray, scores: np.ndarray, task: str, k: int) -> FairnessPartial:
+def _fairness_partial(
+    sensitive: pd.Series, y: np.ndarray, scores: np.ndarray, task: str, k: int
+) -> FairnessPartial:
     parts = [
         FairnessPartial.from_batch(sensitive.iloc[a:b], y[a:b], scores[a:b], task, k)
         for a, b in _cuts(len(y), 11)
@@ -231,7 +238,9 @@ def _fairness_partial(sensitive: pd.Series, y: np.ndarray, scores: np.ndarray, t
 _SENSITIVE = {
     "text with nulls": lambda rng, n: pd.Series(rng.choice(np.array(["f", "m", "x", None], dtype=object), n)),
     "few integers": lambda rng, n: pd.Series(rng.integers(1, 4, n)),
-    "ages with nulls": lambda rng, n: pd.Series(np.where(rng.random(n) < 0.05, np.nan, rng.integers(18, 90, n))),
+    "ages with nulls": lambda rng, n: pd.Series(
+        np.where(rng.random(n) < 0.05, np.nan, rng.integers(18, 90, n))
+    ),
     "continuous": lambda rng, n: pd.Series(40 + 12 * rng.normal(size=n)),
     "booleans": lambda rng, n: pd.Series(rng.random(n) < 0.3),
 }
@@ -239,7 +248,9 @@ _SENSITIVE = {
 
 @pytest.mark.parametrize("column", list(_SENSITIVE))
 @pytest.mark.parametrize("task,k", [("classification", 2), ("classification", 4), ("regression", 0)])
-def test_fairness_from_merged_counts_equals_the_report_on_whole_arrays(column: str, task: str, k: int) -> None:
+def test_fairness_from_merged_counts_equals_the_report_on_whole_arrays(
+    column: str, task: str, k: int
+) -> None:
     rng = np.random.default_rng(len(column) + k)
     n = 2500
     sensitive = _SENSITIVE[column](rng, n)
@@ -297,7 +308,9 @@ def _reference_inputs(n: int, seed: int) -> tuple[pd.DataFrame, TableSchema]:
 
 def _reference_partial(frame: pd.DataFrame, schema: TableSchema, cap: int) -> ReferencePartial:
     parts = [
-        ReferencePartial.from_batch(frame.iloc[a:b], schema, sample_keys(row_keys(frame.iloc[a:b]), 0), cap=cap)
+        ReferencePartial.from_batch(
+            frame.iloc[a:b], schema, sample_keys(row_keys(frame.iloc[a:b]), 0), cap=cap
+        )
         for a, b in _cuts(len(frame), 6)
     ]
     merged = parts[0]
@@ -328,7 +341,9 @@ def test_reference_from_partials_equals_the_in_memory_reference_on_small_data() 
     for name in ("x0", "few"):
         _assert_same(expected["features"][name], got["features"][name])
     cat_e, cat_g = expected["features"]["c"], got["features"]["c"]
-    assert cat_g["frequencies"] == pytest.approx(cat_e["frequencies"]) and cat_g["distinct"] == cat_e["distinct"]
+    assert (
+        cat_g["frequencies"] == pytest.approx(cat_e["frequencies"]) and cat_g["distinct"] == cat_e["distinct"]
+    )
     assert cat_g["null_rate"] == pytest.approx(cat_e["null_rate"]) and cat_g["other_fraction"] == 0.0
     _assert_same(expected["prediction"], got["prediction"])
     # The sample holds the same rows (all of them here), in another order.
@@ -358,7 +373,9 @@ def test_a_reference_past_the_sample_cap_keeps_its_shape_and_stays_close() -> No
     scores = np.random.default_rng(5).dirichlet(np.ones(3), 300)
     expected, _ = build_reference(frame, schema, scores)
     partial = _reference_partial(frame, schema, 4000)
-    got, sample = build_reference_from_partials(partial, schema, _prediction_partial(scores, "classification", 3))
+    got, sample = build_reference_from_partials(
+        partial, schema, _prediction_partial(scores, "classification", 3)
+    )
     assert got["quantiles_exact"] is False and len(sample) == 4000
     exact, approx = expected["features"]["x0"], got["features"]["x0"]
     assert set(exact) == set(approx) and len(approx["bin_edges"]) == len(exact["bin_edges"])
