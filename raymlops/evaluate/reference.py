@@ -36,10 +36,12 @@ __all__ = [
     "bin_counts",
     "build_reference",
     "build_reference_from_partials",
+    "exact_bin_counts",
     "category_key",
     "load_reference",
     "numeric_edges",
     "numeric_values",
+    "reference_partial",
     "write_reference",
 ]
 
@@ -673,6 +675,39 @@ def reference_partial(
             cap=cap,
         )
     return merged
+
+
+def exact_bin_counts(
+    ds: Any, reference: dict[str, Any], *, batch_size: int = 32_768
+) -> dict[str, np.ndarray]:
+    """A second pass over the training rows: each numeric feature's exact counts in its reference bins.
+
+    Only needed past :data:`QUANTILE_ROWS` rows (below, the fractions are exact already); pass the
+    result to :func:`build_reference_from_partials` as ``bin_counts_by_feature`` with the same
+    partials, which gives the same edges again.
+    """
+    import pickle
+
+    edges = {
+        name: list(stats["bin_edges"])
+        for name, stats in reference["features"].items()
+        if stats["type"] == "numeric"
+    }
+    parts = ds.map_batches(
+        _bin_counts_batch, batch_format="pandas", batch_size=batch_size, fn_kwargs={"edges": edges}
+    )
+    total = {name: np.zeros(len(e) + 1, dtype=np.int64) for name, e in edges.items()}
+    for row in parts.iter_rows():
+        for name, counts in pickle.loads(row["counts"]).items():  # noqa: S301 - our own tasks
+            total[name] += counts
+    return total
+
+
+def _bin_counts_batch(batch: pd.DataFrame, *, edges: dict[str, list[float]]) -> dict[str, Any]:
+    import pickle
+
+    counts = {name: bin_counts(numeric_values(batch[name]), e) for name, e in edges.items() if name in batch}
+    return {"counts": np.array([pickle.dumps(counts)], dtype=object)}
 
 
 def _reference_batch(batch: pd.DataFrame, *, schema: Any, seed: int, cap: int) -> dict[str, Any]:

@@ -419,7 +419,7 @@ def evaluate_split(
         drift_fraction=drift_fraction,
         min_group_size=min_group_size,
     )
-    shipped = {n: (b if isinstance(b, BundleRef) else ray.put(b)) for n, b in bundles.items()}
+    shipped = {n: _ship(n, b) for n, b in bundles.items()}
     if concurrency is None:
         cpus = int(ray.cluster_resources().get("CPU", 2))
         concurrency = max(1, cpus // 2)
@@ -448,6 +448,21 @@ def evaluate_split(
         drift_stats=merged.drift,
         seconds=round(time.time() - started, 3),
     )
+
+
+def _ship(name: str, bundle: Any) -> Any:
+    """The model as the actors receive it: a BundleRef as is, a bundle through the object store."""
+    import ray
+
+    if isinstance(bundle, BundleRef):
+        return bundle
+    try:
+        return ray.put(bundle)
+    except (TypeError, pickle.PicklingError) as err:
+        raise ValueError(
+            f"model {name!r} cannot be sent to the scoring actors ({err}); register it and pass "
+            "BundleRef('NAME:VERSION', store) so each actor loads it itself"
+        ) from err
 
 
 def _schema_of(bundle: Any) -> Any:

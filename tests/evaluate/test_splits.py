@@ -18,7 +18,14 @@ from sklearn import metrics as skm
 
 from raymlops.evaluate.fairness import fairness_report
 from raymlops.evaluate.metrics import compute_metrics, confusion
-from raymlops.evaluate.reference import build_reference, build_reference_from_partials, reference_partial
+from raymlops.evaluate.reference import (
+    bin_counts,
+    build_reference,
+    build_reference_from_partials,
+    exact_bin_counts,
+    numeric_values,
+    reference_partial,
+)
 from raymlops.evaluate.splits import BundleRef, encode_target, evaluate_split
 from raymlops.model import ModelBundle
 from raymlops.monitor._drift import Thresholds, finalize, spec_from_reference
@@ -152,6 +159,21 @@ def test_regression_metrics_reference_and_split_drift(ray_session: Any) -> None:
     for key in ("bin_edges", "bin_fractions", "mean", "std", "rows"):
         np.testing.assert_allclose(reference["prediction"][key], expected["prediction"][key], rtol=RTOL)
     assert sorted(reference["prediction"]["sample"]) == sorted(expected["prediction"]["sample"])
+
+    # Past the sample cap, a second pass makes the bin fractions exact for the sampled edges.
+    train_ds = ray.data.from_pandas(train).repartition(3)
+    capped = reference_partial(train_ds, bundle.schema, cap=300)
+    approx, _ = build_reference_from_partials(capped, bundle.schema, got.prediction)
+    assert approx["quantiles_exact"] is False
+    counts = exact_bin_counts(train_ds, approx)
+    exact, _ = build_reference_from_partials(
+        capped, bundle.schema, got.prediction, bin_counts_by_feature=counts
+    )
+    for name in ("x0", "x1"):
+        edges = exact["features"][name]["bin_edges"]
+        assert edges == approx["features"][name]["bin_edges"]
+        full = bin_counts(numeric_values(train[name]), edges)
+        np.testing.assert_allclose(exact["features"][name]["bin_fractions"], full / full.sum(), rtol=RTOL)
 
     # The split-drift counts came from the same pass: monitor's finalize reads them.
     assert result.drift_stats is not None and result.drift_stats["rows"] == 2500
