@@ -121,6 +121,7 @@ def _unit(h: np.ndarray) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
+_FAST_LEVELS = 8
 _POISSON_CDF = np.cumsum([math.exp(-1.0) / math.factorial(k) for k in range(24)])
 
 
@@ -130,7 +131,14 @@ def poisson_weights(keys: np.ndarray, seed: int, replicates: range | list[int]) 
     out = np.empty((len(replicates), len(keys)), dtype=np.float64)
     for i, b in enumerate(replicates):
         u = _unit(_mix(keys ^ _stream(seed, b)))
-        out[i] = np.searchsorted(_POISSON_CDF, u, side="right")
+        # Inverse CDF by comparisons (several times faster than searchsorted on small tables).
+        w = np.zeros(len(u), dtype=np.float64)
+        for c in _POISSON_CDF[:_FAST_LEVELS]:
+            w += u >= c
+        tail = u >= _POISSON_CDF[_FAST_LEVELS - 1]
+        if tail.any():
+            w[tail] = np.searchsorted(_POISSON_CDF, u[tail], side="right")
+        out[i] = w
     return out
 
 
