@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raymlops.errors import InputError
+from raymlops.errors import DataError, InputError
 from raymlops.evaluate.fairness import FairnessPartial
 from raymlops.evaluate.heldout import INTERVAL_METRICS, MetricsPartial, row_keys, sample_keys
 from raymlops.evaluate.reference import QUANTILE_ROWS, HashSample, PredictionPartial
@@ -74,20 +74,13 @@ def encode_target(values: pd.Series | np.ndarray, schema: Any) -> tuple[np.ndarr
         classes = list(schema.classes or [])
         lookup = {c: i for i, c in enumerate(classes)}
         by_text = {str(c): i for i, c in enumerate(classes)}
-        idx = np.full(len(series), -1, dtype=np.int64)
-        for j, v in enumerate(series.to_numpy(dtype=object)):
-            if v is None or (isinstance(v, float) and np.isnan(v)):
-                continue
-            try:
-                hit = lookup.get(v)
-            except TypeError:  # unhashable value
-                hit = None
-            if hit is None:
-                hit = by_text.get(str(v))
-            if hit is not None:
-                idx[j] = hit
-        known = idx >= 0
-        return idx[known], known
+        null = series.isna().to_numpy()
+        mapped = np.array(series.map(lookup).to_numpy(dtype="float64", na_value=np.nan))
+        retry = np.isnan(mapped) & ~null  # a label written another way ("1" for 1)
+        if retry.any():
+            mapped[retry] = series[retry].astype(str).map(by_text).to_numpy(dtype="float64", na_value=np.nan)
+        known = ~np.isnan(mapped)
+        return mapped[known].astype(np.int64), known
     numbers = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     known = np.isfinite(numbers)
     return numbers[known], known
@@ -401,6 +394,7 @@ def evaluate_split(
     names = list(bundles)
     if not names:
         raise ValueError("evaluate_split needs at least one model")
+    _check_columns(test_ds, [c for c in (target, group_column) if c is not None])
     schemas = {n: _schema_of(b) for n, b in bundles.items()}
     feature_union = sorted({f for s in schemas.values() for f in s.features})
     extra = [c for c in (target, group_column) if c is not None and c not in feature_union]
@@ -448,6 +442,17 @@ def evaluate_split(
         drift_stats=merged.drift,
         seconds=round(time.time() - started, 3),
     )
+
+
+def _check_columns(ds: Any, needed: list[str]) -> None:
+    """Refuse a split without the target or sensitive column before any model is scored."""
+    schema = ds.schema()
+    names = list(getattr(schema, "names", []) or [])
+    missing = [c for c in needed if names and c not in names]
+    if missing:
+        raise DataError(
+            f"the held-out rows have no column {missing[0]!r} (their columns: {', '.join(names[:20])})"
+        )
 
 
 def _ship(name: str, bundle: Any) -> Any:

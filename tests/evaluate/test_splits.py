@@ -16,6 +16,7 @@ import pytest
 import ray
 from sklearn import metrics as skm
 
+from raymlops.errors import DataError
 from raymlops.evaluate.fairness import fairness_report
 from raymlops.evaluate.metrics import compute_metrics, confusion
 from raymlops.evaluate.reference import (
@@ -245,3 +246,9 @@ def test_targets_are_encoded_by_label_or_its_text_and_unknown_labels_are_left_ou
     schema = classifiers["forest"].schema
     y, known = encode_target(pd.Series([1, "0", None, 7, 0.0], dtype=object), schema)
     assert y.tolist() == [1, 0, 0] and known.tolist() == [True, True, False, False, True]
+
+
+def test_a_split_without_the_sensitive_column_is_refused_by_name(classifiers: dict[str, ModelBundle]) -> None:
+    ds = ray.data.from_pandas(toy_frame(50, seed=9))
+    with pytest.raises(DataError, match="'gender'"):
+        evaluate_split(ds, classifiers, target="y", group_column="gender")
