@@ -110,12 +110,14 @@ class DataConfig(_Strict):
 class ValidationConfig(_Strict):
     max_null_fraction: float = Field(0.0, ge=0, le=1)
     forbid_constant_columns: bool = Field(
-        False, description="Refuse constant columns; by default they are left out of the features with a warning"
+        False,
+        description="Refuse constant columns; by default they are left out of the features with a warning",
     )
     min_rows: int = Field(10, ge=1)
     allow_schema_change: bool = Field(
         False,
-        description="Train even when the data's schema differs from the champion's (types, categories, features)",
+        description="Train even when the data's schema differs from the champion's "
+        "(types, categories, features)",
     )
 
 

@@ -43,7 +43,6 @@ __all__ = [
     "excluded_columns",
     "model_input",
     "prepare",
-    "sample_rows",
 ]
 
 log = logging.getLogger("raymlops")
@@ -403,34 +402,3 @@ def prepare(cfg: PipelineConfig, checked: CheckedSource) -> PreparedSource:
     prepared.plan = fit_plan(cfg.preprocess, checked.schema, prepared.stats)
     return prepared
 
-
-class _Below:
-    """map_batches: the rows whose hash falls below a threshold (a seeded, layout-free sample)."""
-
-    def __init__(self, threshold: int) -> None:
-        self.threshold = np.uint64(min(threshold, 2**64 - 1))
-
-    def __call__(self, table: pa.Table) -> pa.Table:
-        hashes = table.column(HASH_COLUMN).to_numpy()
-        return table.filter(pa.array(hashes < self.threshold))
-
-
-def sample_rows(prepared: PreparedSource, part: str, n: int) -> pd.DataFrame:
-    """Up to about ``n`` raw rows of a part, the same rows whatever the layout (bounded: a sample).
-
-    The driver receives only the sample: rows whose hash is below ``n / rows`` of the hash range.
-    """
-    total = prepared.checked.split.total(part)
-    share = 1.0 if total <= n else n / total
-    ds = prepared.rows(part)
-    if share < 1.0:
-        ds = ds.map_batches(_Below(int(share * 2**64)), batch_format="pyarrow", batch_size=None)
-    tables = [
-        pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
-        for b in ds.iter_batches(batch_size=None, batch_format="pyarrow")
-    ]
-    tables = [t for t in tables if t.num_rows]
-    if not tables:
-        return pd.DataFrame(columns=[*prepared.schema.features, prepared.schema.target, HASH_COLUMN])
-    frame = pa.concat_tables(tables, promote_options="permissive").to_pandas()
-    return frame.sort_values(HASH_COLUMN, kind="stable").head(n).reset_index(drop=True)

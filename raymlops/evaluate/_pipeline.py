@@ -1,26 +1,24 @@
 """The pipeline's held-out evaluation: every candidate and the champion on the same test rows.
 
-The test part is read once; each batch is checked and scored by every model through the one
-scoring path (:meth:`~raymlops.model.ModelBundle.score`); a bounded, seeded sample of raw rows is
-kept for explanations. What leaves this module is metrics, intervals, confusion matrices,
-per-group figures and the sample.
+One distributed pass (:func:`raymlops.evaluate.splits.evaluate_split`) scores the raw test rows
+with every model through the one scoring path and merges mergeable partials on the driver:
+metrics, the bootstrap interval, the confusion matrix, fairness per group, the prediction
+statistics of the reference, and a bounded, seeded sample of rows for explanations. The driver
+never holds the test split.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from raymlops.errors import InputError
-from raymlops.evaluate.fairness import fairness_report
-from raymlops.evaluate.metrics import bootstrap_interval, compute_metrics, confusion
+from raymlops.evaluate.splits import BundleRef, EvaluationResult, evaluate_split
 from raymlops.model import ModelBundle, TableSchema
 
-__all__ = ["HeldOut", "evaluate_held_out"]
+__all__ = ["CHAMPION", "HeldOut", "evaluate_held_out"]
 
 SAMPLE_ROWS = 2000
 CHAMPION = "__champion__"
@@ -31,61 +29,50 @@ class HeldOut:
     """Held-out results per model (candidates by name, the champion as ``__champion__``).
 
     Attributes:
-        metrics, intervals, confusion: per model.
-        sample: a bounded sample of raw test rows (explanations, split drift, fast-path check).
-        sample_rows: its size, recorded in the version.
-        notes: why the champion could not be compared, if so.
+        result: the distributed pass's merged results.
+        selected: the candidate the interval and fairness were computed for.
+        note: why the champion could not be compared, if so.
     """
 
-    task: str
-    n_classes: int
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    intervals: dict[str, Any] = field(default_factory=dict)
-    confusion: dict[str, list[list[int]]] = field(default_factory=dict)
-    sample: pd.DataFrame | None = None
-    sample_y: np.ndarray | None = None
-    sample_rows: int = 0
-    notes: dict[str, str] = field(default_factory=dict)
-    _y: np.ndarray | None = field(default=None, repr=False)
-    _scores: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-    _groups: np.ndarray | None = field(default=None, repr=False)
+    result: EvaluationResult
+    schema: TableSchema
+    selected: str
+    note: str | None = None
 
     @property
-    def y(self) -> np.ndarray:
-        """The encoded target of the held-out rows."""
-        return self._y if self._y is not None else np.array([])
+    def metrics(self) -> dict[str, dict[str, float]]:
+        return {name: dict(m.metrics) for name, m in self.result.models.items()}
 
-    def scores(self, name: str) -> np.ndarray:
-        return self._scores[name]
+    @property
+    def sample(self) -> pd.DataFrame:
+        return self.result.sample
 
-    def fairness(self, name: str, schema: TableSchema, column: str) -> dict[str, Any]:
-        return fairness_report(
-            self._groups if self._groups is not None else np.array([]),
-            self._y if self._y is not None else np.array([]),
-            self._scores[name],
-            schema.task,
-            schema.classes,
-            column=column,
-        )
+    @property
+    def sample_rows(self) -> int:
+        return self.result.sample_rows
 
-    def champion_summary(
-        self, champion: tuple[int, ModelBundle] | None, schema: TableSchema
-    ) -> dict[str, Any] | None:
+    def interval(self) -> dict[str, Any] | None:
+        return self.result.models[self.selected].interval
+
+    def confusion(self) -> list[list[int]] | None:
+        return self.result.models[self.selected].confusion_matrix
+
+    def fairness(self) -> dict[str, Any] | None:
+        return self.result.models[self.selected].fairness
+
+    def prediction(self) -> Any:
+        return self.result.models[self.selected].prediction
+
+    def explain_inputs(self, bundle: ModelBundle) -> tuple[pd.DataFrame, np.ndarray]:
+        return self.result.explain_inputs(self.selected, bundle)
+
+    def champion_summary(self, champion: tuple[int, Any] | None) -> dict[str, Any] | None:
         if champion is None:
             return None
         version = champion[0]
-        if CHAMPION in self.notes:
-            return {"version": version, "metrics": {}, "note": self.notes[CHAMPION]}
-        return {"version": version, "metrics": self.metrics.get(CHAMPION, {})}
-
-    def sample_inputs(self, plan: Any, schema: TableSchema) -> np.ndarray | None:
-        if self.sample is None or not len(self.sample):
-            return None
-        from raymlops.data.prepare import raw_features
-
-        table = pa.Table.from_pandas(self.sample[schema.features], preserve_index=False)
-        numeric, categorical = raw_features(table, schema)
-        return plan.apply(numeric, categorical)
+        if self.note is not None:
+            return {"version": version, "metrics": {}, "note": self.note}
+        return self.result.models[CHAMPION].champion_record(version)
 
 
 def _champion_usable(bundle: ModelBundle, schema: TableSchema) -> str | None:
@@ -97,65 +84,45 @@ def _champion_usable(bundle: ModelBundle, schema: TableSchema) -> str | None:
 
 
 def evaluate_held_out(
-    prepared: Any,
+    test_rows: Any,
+    schema: TableSchema,
     bundles: dict[str, ModelBundle],
+    selected: str,
     champion: tuple[int, ModelBundle] | None,
     *,
+    store_uri: str,
+    name: str,
     gate_metric: str,
     group_column: str | None,
     seed: int,
 ) -> HeldOut:
-    """Score the test part with every model and reduce it to the figures the gate and report need."""
-    from raymlops.data.prepare import encode_target, sample_rows
+    """Score the test part with every model in one pass and reduce it to what the gate and report need.
 
-    schema = prepared.schema
-    models = dict(bundles)
-    result = HeldOut(task=schema.task, n_classes=schema.n_classes)
+    The champion is loaded by each scoring actor from the store (signature checked there too), so
+    only its reference travels.
+    """
+    models: dict[str, Any] = dict(bundles)
+    note = None
     if champion is not None:
         note = _champion_usable(champion[1], schema)
-        if note:
-            result.notes[CHAMPION] = note
-        else:
-            models[CHAMPION] = champion[1]
-    ys: list[np.ndarray] = []
-    scores: dict[str, list[np.ndarray]] = {name: [] for name in models}
-    groups: list[np.ndarray] = []
-    for batch in prepared.rows("test").iter_batches(batch_size=65536, batch_format="pyarrow"):
-        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-        ys.append(encode_target(table.column(schema.target), schema))
-        if group_column is not None:
-            groups.append(np.asarray(table.column(group_column).to_pandas().to_numpy(dtype=object)))
-        for name, bundle in list(models.items()):
-            try:
-                scored = bundle.score(table)
-            except InputError as err:
-                if name != CHAMPION:
-                    raise
-                result.notes[CHAMPION] = f"champion cannot score these rows: {err}"
-                del models[name]
-                continue
-            if scored.n_rejected:
-                if name != CHAMPION:
-                    raise InputError(f"model {name} rejected {scored.n_rejected} checked test row(s)")
-                result.notes[CHAMPION] = "champion cannot score these rows"
-                del models[name]
-                continue
-            scores[name].append(np.asarray(scored.scores))
-    y = np.concatenate(ys) if ys else np.array([])
-    result._y = y
-    result._groups = np.concatenate(groups) if groups else None
-    for name in models:
-        s = np.concatenate(scores[name])
-        result._scores[name] = s
-        result.metrics[name] = compute_metrics(schema.task, y, s, schema.n_classes)
-        if name == CHAMPION:
-            continue
-        result.intervals[name] = bootstrap_interval(schema.task, y, s, gate_metric, schema.n_classes)
-        if schema.task == "classification":
-            result.confusion[name] = confusion(y, s.argmax(axis=1), schema.n_classes)
-    sample = sample_rows(prepared, "test", SAMPLE_ROWS)
-    result.sample = sample
-    result.sample_rows = len(sample)
-    result.sample_y = encode_target(sample[schema.target], schema) if len(sample) else np.array([])
-    del seed
-    return result
+        if note is None:
+            models[CHAMPION] = BundleRef(f"{name}:{champion[0]}", store_uri)
+    result = evaluate_split(
+        test_rows,
+        models,
+        target=schema.target,
+        group_column=group_column,
+        seed=seed,
+        interval_metric=gate_metric,
+        detailed=[selected],
+        sample_rows=SAMPLE_ROWS,
+    )
+    for model_name, evaluation in result.models.items():
+        if model_name != CHAMPION and (evaluation.error or evaluation.rejected):
+            from raymlops.errors import InputError
+
+            raise InputError(
+                f"model {model_name} could not score the checked test rows: "
+                f"{evaluation.error or evaluation.first_rejection}"
+            )
+    return HeldOut(result=result, schema=schema, selected=selected, note=note)
