@@ -33,10 +33,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from sklearn.datasets import load_digits
 from typer.testing import CliRunner
 
 from raymlops.cli import app
+from raymlops.data.ingest import load_builtin
 
 from .conftest import free_port
 
@@ -110,7 +110,7 @@ def rows(
     """Raw digits rows with an id, as a CSV; the features are whatever the models were trained on."""
     features = models["random_forest"].features
     assert all(m.features == features for m in models.values())
-    frame = load_digits(as_frame=True).frame.iloc[:ROWS]
+    frame = load_builtin("digits").iloc[:ROWS]
     frame = frame[features].assign(id=np.arange(ROWS))
     path = tmp_path_factory.mktemp("zkinds-rows") / "rows.csv"
     frame.to_csv(path, index=False)
@@ -205,7 +205,9 @@ def test_score_and_serve_give_the_same_predictions(
     assert pred["prediction"] == batch["prediction"].iloc[7]
     np.testing.assert_allclose(pred["probabilities"], _proba(batch, model.classes)[7], rtol=1e-5, atol=1e-6)
     # And the model is not guessing: the rows are training-distribution digits.
-    assert np.mean(batch["prediction"].to_numpy() == load_digits().target[:ROWS]) >= 0.5
+    assert (
+        np.mean(batch["prediction"].to_numpy() == load_builtin("digits")["target"].to_numpy()[:ROWS]) >= 0.5
+    )
 
 
 # --- no pickle in a version ------------------------------------------------------------------------

@@ -69,11 +69,11 @@ def test_custom_keras_pipeline_trains_and_registers_the_users_network(
     probe = (
         "import json, sys\n"
         "import numpy as np\n"
-        "from sklearn.datasets import load_digits\n"
+        "from raymlops.data.ingest import load_builtin\n"
         "from raymlops.model import ModelBundle\n"
         f"b = ModelBundle.load('digits_custom_keras', {str(store)!r})\n"
         "net = b.predictor.model\n"
-        "frame = load_digits(as_frame=True).frame\n"
+        "frame = load_builtin('digits')\n"
         "scored = b.score(frame[b.schema.features])\n"
         "print(json.dumps({'name': net.name, 'layers': [l.name for l in net.layers],\n"
         "    'width': net.get_layer('deep_0').units, 'n_features': len(b.schema.features),\n"

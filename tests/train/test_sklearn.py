@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from sklearn.datasets import load_breast_cancer
 from typer.testing import CliRunner
 
 from raymlops.cli import app
 from raymlops.config import parse_pipeline
+from raymlops.data.ingest import load_builtin
 from raymlops.errors import ConfigError
 
 PIPELINES = Path(__file__).parents[2] / "pipelines"
@@ -61,8 +61,8 @@ def test_breast_cancer_hgb_pipeline_registers_a_model_above_95_percent(
     bundle = ModelBundle.load("breast_cancer_hgb", str(store))
     assert type(bundle.predictor.estimator).__name__ == "HistGradientBoostingClassifier"
     assert bundle.predictor.estimator.get_params()["max_leaf_nodes"] == best["max_leaf_nodes"]
-    frame = load_breast_cancer(as_frame=True).frame
-    scored = bundle.score(frame.drop(columns=["target"]))
+    frame = load_builtin("breast_cancer")  # the rows `builtin://breast_cancer` reads
+    scored = bundle.score(frame[bundle.schema.features])
     assert scored.n_rejected == 0
     assert np.mean(scored.labels == frame["target"].to_numpy()) >= 0.95
 
