@@ -46,7 +46,10 @@ REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 ROWS = 120
 KINDS: dict[str, dict[str, Any]] = {
-    "keras": {"kind": "keras", "params": {"hidden": [32], "epochs": 3, "batch_size": 128}},
+    "keras": {
+        "kind": "keras",
+        "params": {"hidden": [32], "epochs": 10, "batch_size": 64, "learning_rate": 0.01},
+    },
     "random_forest": {"kind": "random_forest", "params": {"n_estimators": 15, "random_state": 0}},
     "sklearn": {
         "kind": "sklearn",
@@ -96,7 +99,8 @@ def models(ray_session: Any, store: Path, tmp_path_factory: pytest.TempPathFacto
         result = runner.invoke(app, ["run", str(path), "--store", str(store), "--json"])
         assert result.exit_code == 0, f"{kind}: {result.output[-3000:]}"
         summary = json.loads(result.stdout)
-        assert summary["models"][0]["kind"] == kind and summary["promoted"] == "champion"
+        assert summary["models"][0]["kind"] == kind
+        assert summary["promoted"] == "champion", (kind, summary["metrics"], summary["gate"])
         version = store / "models" / name / str(summary["version"])
         schema = json.loads((version / "schema.json").read_text())
         out[kind] = Registered(name, version, list(schema["features"]), list(schema["classes"]))
