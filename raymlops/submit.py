@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import shlex
 import shutil
@@ -40,7 +41,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -62,12 +63,15 @@ __all__ = [
     "stop_job",
     "submit",
     "submit_pipeline",
+    "token_transport_warning",
 ]
 
 SUMMARY_PREFIX = "RAYMLOPS_SUMMARY "
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 #: The jobs API refuses larger working_dir uploads (DASHBOARD_CLIENT_MAX_SIZE).
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+#: The data files a job's working directory may carry (what raymlops reads from a folder).
+DATA_SUFFIXES = (".csv", ".parquet", ".pq")
 _SOURCE_ROOT = Path(__file__).resolve().parent.parent
 _JOB_SCRIPT = _SOURCE_ROOT / "jobs" / "run_pipeline.py"
 
@@ -168,6 +172,44 @@ def auth_headers(token: str | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def _loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
+
+
+def token_transport_warning(url: str, has_token: bool) -> str | None:
+    """A warning when a token would go in clear text over the network, else None.
+
+    A bearer token over plain HTTP can be read by anyone on the path and lets them run code on
+    the cluster. Loopback (an SSH tunnel, ``kubectl port-forward``) and ``https://`` are fine; an
+    address without a scheme (``HOST:PORT``) is reached over HTTP.
+    """
+    if not has_token:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme.lower() not in ("http", "ws"):
+        return None
+    host = parts.hostname or ""
+    if _loopback(host):
+        return None
+    return (
+        f"the Ray auth token goes to {url} over plain HTTP: anyone on the network path can read it and "
+        "run jobs on the cluster. Use https:// (a TLS proxy in front of the dashboard) or a tunnel to "
+        "127.0.0.1 (ssh -L 8265:localhost:8265, kubectl port-forward)."
+    )
+
+
+def _stderr_warning(message: str) -> None:
+    sys.stderr.write(f"[raymlops] warning: {message}\n")
+    sys.stderr.flush()
+
+
 @contextlib.contextmanager
 def _env(name: str, value: str) -> Iterator[None]:
     old = os.environ.get(name)
@@ -214,7 +256,9 @@ def _refusals(url: str, headers: dict[str, str], source: str) -> Iterator[None]:
 class _Jobs:
     """A JobSubmissionClient bound to one address and token, with errors made readable."""
 
-    def __init__(self, address: str | None, token: str | None = None) -> None:
+    def __init__(
+        self, address: str | None, token: str | None = None, warn: Callable[[str], object] | None = None
+    ) -> None:
         from ray.job_submission import JobSubmissionClient
 
         self.url = resolve_address(address)
@@ -223,6 +267,11 @@ class _Jobs:
         else:
             self.token_source = "the token argument" if token else "none"
         self.headers = auth_headers(token)
+        self.warnings: list[str] = []
+        insecure = token_transport_warning(self.url, bool(self.headers))
+        if insecure:  # said before connecting: the first request already carries the token
+            self.warnings.append(insecure)
+            (warn or _stderr_warning)(insecure)
         # JobSubmissionClient prefers $RAY_API_SERVER_ADDRESS / $RAY_ADDRESS over its argument;
         # an explicit address must win, so it is put where the client looks first.
         with _env("RAY_API_SERVER_ADDRESS", self.url), self.refusals():
@@ -269,14 +318,147 @@ def _local_path(source: str, base: Path) -> Path | None:
     return path if path.is_absolute() else base / path
 
 
-def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+def _hidden(relative: Path) -> bool:
+    """Dotfiles (``.env``, ``.git/``) and ``_``-folders (a scoring run's ``_rejected/``) are not data."""
+    return any(part.startswith((".", "_")) for part in relative.parts)
+
+
+def _hidden_code(relative: Path) -> bool:
+    """In a builder package: dotfiles and byte-code caches (``__init__.py`` is code, not hidden)."""
+    return any(part.startswith(".") or part == "__pycache__" for part in relative.parts)
+
+
+@dataclass
+class _Upload:
+    """Files to copy into the working directory: (source, path relative to the destination)."""
+
+    files: list[tuple[Path, Path]] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return sum(src.lstat().st_size for src, _ in self.files)
+
+
+def _walk(
+    root: Path,
+    keep: Callable[[Path], bool],
+    upload: _Upload,
+    dest: Path,
+    hidden: Callable[[Path], bool] = _hidden,
+    what: str = "/".join(DATA_SUFFIXES),
+) -> None:
+    """Every regular file under ``root`` that ``keep`` accepts; never follows a symbolic link.
+
+    A link inside the folder could point anywhere on this machine (``~/.ssh``, another project's
+    ``.env``); what it points to is never uploaded, and neither is anything hidden.
+    """
+    for folder, dirs, names in os.walk(root, followlinks=False):
+        here = Path(folder)
+        for d in list(dirs):
+            rel = (here / d).relative_to(root)
+            if (here / d).is_symlink() or hidden(rel):
+                dirs.remove(d)
+                upload.left_out.append(f"{rel}/ ({'symbolic link' if (here / d).is_symlink() else 'hidden'})")
+        for name in sorted(names):
+            path = here / name
+            rel = path.relative_to(root)
+            if path.is_symlink():
+                upload.left_out.append(f"{rel} (symbolic link)")
+            elif hidden(rel):
+                upload.left_out.append(f"{rel} (hidden)")
+            elif not path.is_file():
+                upload.left_out.append(f"{rel} (not a regular file)")
+            elif not keep(path):
+                upload.left_out.append(f"{rel} (not {what})")
+            else:
+                upload.files.append((path, dest / rel))
+
+
+def _data_upload(local: Path, source: str, pipeline: Path) -> _Upload:
+    """The data files a local source names: .csv/.parquet only, no dotfiles, no link targets."""
+    target = Path("data") / local.name
+    upload = _Upload()
+    if local.is_symlink():
+        raise SubmitError(
+            f"{pipeline}: data source {source!r} is a symbolic link ({local} -> {os.readlink(local)}); "
+            "submit never uploads what a link points to: name the file or folder itself"
+        )
+    if not local.exists():
+        raise SubmitError(f"{pipeline}: data source {source!r} not found (looked at {local})")
+    if local.is_file():
+        if local.suffix.lower() not in DATA_SUFFIXES:
+            raise SubmitError(
+                f"{pipeline}: data source {source!r} is not a {'/'.join(DATA_SUFFIXES)} file; "
+                "only data files are uploaded with a job"
+            )
+        upload.files.append((local, target))
+        return upload
+    _walk(local, lambda p: p.suffix.lower() in DATA_SUFFIXES, upload, target)
+    if not upload.files:
+        raise SubmitError(
+            f"{pipeline}: data folder {local} holds no {'/'.join(DATA_SUFFIXES)} files to upload"
+            + (f" (left out: {', '.join(upload.left_out[:5])})" if upload.left_out else "")
+        )
+    return upload
+
+
+def _builder_upload(cfg: Any, base: Path, pipeline: Path) -> tuple[_Upload, list[str]]:
+    """The module of every Keras ``builder`` found beside the pipeline file, shipped with it.
+
+    On the cluster the pipeline file sits at the root of the job's working directory, which is
+    where training workers import the builder from, so ``pkg.mod:build`` needs ``pkg/`` (its
+    ``.py`` files) and ``mod:build`` needs ``mod.py`` there. A module that is not beside the
+    pipeline must already be importable on the cluster; that is said, not guessed.
+    """
+    upload, warnings, seen = _Upload(), [], set()
+    for model in cfg.models:
+        if not getattr(model, "builder", None):
+            continue
+        top = str(model.builder).partition(":")[0].split(".")[0]
+        if top in seen:
+            continue
+        seen.add(top)
+        module, package = base / f"{top}.py", base / top
+        for found in (module, package):
+            if found.is_symlink():
+                raise SubmitError(
+                    f"{pipeline}: builder module {found} is a symbolic link; submit never uploads what a "
+                    "link points to: put the module itself beside the pipeline file"
+                )
+        if module.is_file():
+            upload.files.append((module, Path(module.name)))
+        elif package.is_dir():
+            _walk(package, lambda p: p.suffix == ".py", upload, Path(top), _hidden_code, ".py")
+        else:
+            warnings.append(
+                f"models[{cfg.models.index(model)}].builder {model.builder!r}: no {module.name} or {top}/ "
+                f"beside {pipeline.name}, so nothing is uploaded for it; the cluster must import "
+                f"{top!r} itself (its PYTHONPATH or --pip)"
+            )
+    return upload, warnings
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """Copy one regular file without following a link swapped in since it was checked."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as fin, open(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout)
+
+
+def _left_out_warning(what: str, left_out: list[str]) -> str:
+    shown = ", ".join(left_out[:10]) + (f" and {len(left_out) - 10} more" if len(left_out) > 10 else "")
+    return f"{what}: not uploaded: {shown}"
 
 
 def stage_working_dir(pipeline_path: str | Path, dest: Path) -> tuple[str, Any, list[str]]:
-    """Copy the pipeline file and the local data it names into ``dest``, paths made relative.
+    """Copy the pipeline file, the local data it names and its builder modules into ``dest``.
+
+    Only what the job needs travels, and nothing the user did not mean to send: from a data
+    folder only ``.csv``/``.parquet`` files, never a dotfile (``.env``) or ``_``-folder, and never
+    what a symbolic link points to; a Keras ``builder`` module beside the pipeline file goes with
+    it. What was left out is listed in the warnings. Paths are made relative to ``dest``.
 
     Returns:
         The pipeline's file name inside ``dest``, the validated config, and warnings about settings
@@ -287,37 +469,42 @@ def stage_working_dir(pipeline_path: str | Path, dest: Path) -> tuple[str, Any, 
         raymlops.config.ConfigError: the pipeline file does not validate (checked before anything
             is sent, so a typo fails in a second rather than after the upload).
     """
-    from raymlops.config import parse_pipeline
+    from raymlops.config import parse_pipeline, read_yaml
 
     path = Path(pipeline_path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except OSError as err:
         raise SubmitError(f"cannot read pipeline file {path}: {err.strerror or err}") from None
-    except yaml.YAMLError as err:
-        raise SubmitError(f"{path}: not valid YAML: {err}") from None
+    raw = read_yaml(text, str(path))  # the same strict YAML `raymlops run` reads on the cluster
     cfg = parse_pipeline(raw, str(path))
     base = path.resolve().parent
     warnings: list[str] = []
 
+    uploads = []
     local = _local_path(cfg.data.source, base)
     if local is not None:
-        if not local.exists():
-            raise SubmitError(f"{path}: data source {cfg.data.source!r} not found (looked at {local})")
-        size = _size(local)
-        if size > MAX_UPLOAD_BYTES:
-            raise SubmitError(
-                f"{path}: the data at {local} is {size / 2**20:.0f} MiB, more than the jobs API accepts "
-                f"({MAX_UPLOAD_BYTES // 2**20} MiB); put it on storage the cluster reads (s3://, gs://, a "
-                "shared filesystem) and name that URI in data.source"
-            )
-        target = dest / "data" / local.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if local.is_dir():
-            shutil.copytree(local, target)
-        else:
-            shutil.copy2(local, target)
+        data = _data_upload(local, cfg.data.source, path)
+        if data.left_out:
+            warnings.append(_left_out_warning(f"data folder {local}", data.left_out))
+        uploads.append(data)
         raw["data"]["source"] = f"data/{local.name}"
+    modules, module_warnings = _builder_upload(cfg, base, path)
+    warnings += module_warnings
+    if modules.left_out:
+        warnings.append(_left_out_warning("builder packages", modules.left_out))
+    uploads.append(modules)
+
+    size = sum(u.size for u in uploads)
+    if size > MAX_UPLOAD_BYTES:
+        raise SubmitError(
+            f"{path}: the files to upload are {size / 2**20:.0f} MiB, more than the jobs API accepts "
+            f"({MAX_UPLOAD_BYTES // 2**20} MiB); put the data on storage the cluster reads (s3://, gs://, "
+            "a shared filesystem) and name that URI in data.source"
+        )
+    for upload in uploads:
+        for src, rel in upload.files:
+            _copy(src, dest / rel)
 
     for key in ("store", "storage_path"):
         value = raw.get(key)
@@ -437,7 +624,8 @@ def submit(
         pipeline_name, cfg, warnings = stage_working_dir(pipeline_path, workdir)
         for warning in warnings:
             stream.write(f"[raymlops] warning: {warning}\n")
-        jobs = _Jobs(address, token)
+        jobs = _Jobs(address, token, warn=lambda m: stream.write(f"[raymlops] warning: {m}\n"))
+        warnings += jobs.warnings
         runtime_env: dict[str, Any] = {"working_dir": str(workdir)}
         if store:
             runtime_env["env_vars"] = {"RAYMLOPS_STORE": store}

@@ -15,7 +15,16 @@ import typer
 
 from raymlops._console import err_console
 
-__all__ = ["AddressOpt", "JsonOpt", "StoreOpt", "fail", "guard", "quiet_tensorflow"]
+__all__ = [
+    "AddressOpt",
+    "JsonOpt",
+    "LegacyPickleOpt",
+    "StoreOpt",
+    "allow_legacy_pickle",
+    "fail",
+    "guard",
+    "quiet_tensorflow",
+]
 
 T = TypeVar("T")
 
@@ -29,6 +38,33 @@ AddressOpt = Annotated[
     str | None, typer.Option("--address", help="Ray address (default $RAY_ADDRESS, else embedded local Ray)")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout")]
+LegacyPickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-legacy-pickle",
+        help="Also read versions written before model files became pickle-free (runs their pickles: "
+        "trusted stores only)",
+    ),
+]
+
+
+def allow_legacy_pickle(enabled: bool) -> None:
+    """Opt in to unpickling old versions for this process and the Ray workers it starts, loudly.
+
+    The loaders read ``$RAYMLOPS_ALLOW_LEGACY_PICKLE``; setting it before Ray starts reaches the
+    scoring workers too.
+    """
+    if not enabled:
+        return
+    from raymlops.model import LEGACY_PICKLE_ENV
+
+    os.environ[LEGACY_PICKLE_ENV] = "1"
+    err_console.print(
+        "[yellow]warning:[/] --allow-legacy-pickle: versions written by an older raymlops are unpickled, "
+        "which runs any code they hold. Use it only with a store you trust, then retrain them.",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from raymlops._console import err_console, json_stdout, print_json
 
-from ._common import AddressOpt, JsonOpt, StoreOpt, guard
+from ._common import AddressOpt, JsonOpt, LegacyPickleOpt, StoreOpt, allow_legacy_pickle, guard
 
 
 def monitor(
@@ -42,6 +42,7 @@ def monitor(
         bool, typer.Option("--fail-on-drift", help="Exit 3 on drift, schema skew or degraded live metrics")
     ] = False,
     as_json: JsonOpt = False,
+    legacy_pickle: LegacyPickleOpt = False,
 ) -> None:
     """Drift and data quality of new data against the model's training reference; live metrics with labels.
 
@@ -50,6 +51,7 @@ def monitor(
     from raymlops.monitor import DRIFT_EXIT_CODE
     from raymlops.monitor import monitor as run_monitor
 
+    allow_legacy_pickle(legacy_pickle)
     with json_stdout(as_json):
         result = guard(
             run_monitor,

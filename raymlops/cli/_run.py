@@ -12,7 +12,15 @@ from rich.table import Table
 
 from raymlops._console import err_console, json_stdout, print_json
 
-from ._common import AddressOpt, JsonOpt, StoreOpt, guard, quiet_tensorflow
+from ._common import (
+    AddressOpt,
+    JsonOpt,
+    LegacyPickleOpt,
+    StoreOpt,
+    allow_legacy_pickle,
+    guard,
+    quiet_tensorflow,
+)
 
 
 def run(
@@ -21,12 +29,14 @@ def run(
     address: AddressOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted search")] = False,
     as_json: JsonOpt = False,
+    legacy_pickle: LegacyPickleOpt = False,
 ) -> None:
     """Run the whole pipeline: data checks, search, training, evaluation, gate, registration."""
     from raymlops.config import load_pipeline
     from raymlops.pipeline import run_pipeline
 
     quiet_tensorflow()
+    allow_legacy_pickle(legacy_pickle)  # the champion's re-scoring may read an old version
     cfg = guard(load_pipeline, pipeline)
     with json_stdout(as_json):
         summary = guard(

@@ -7,11 +7,13 @@ report can be mailed, attached to a ticket or opened straight from object storag
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -28,6 +30,8 @@ th{background:#f5f5f5}.pass{color:#17803d;font-weight:600}.fail{color:#b42318;fo
 .warn{color:#b54708;font-weight:600}.muted{color:#777}img{max-width:100%}
 """
 _MAX_TABLE_ROWS = 200
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _plt() -> Any:
@@ -37,6 +41,25 @@ def _plt() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _plain_text(fn: Callable[P, R]) -> Callable[P, R]:
+    """Draw every figure of ``fn`` with mathtext off.
+
+    Column names, class labels and group values are the user's text: matplotlib would parse a
+    ``$\\foo$`` in them as mathtext and raise after the whole training had run. The setting is
+    scoped to the report (``rc_context``), so nobody else's figures change.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        import matplotlib
+
+        _plt()
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def figure_to_data_uri(fig: Any) -> str:
@@ -316,6 +339,7 @@ def _data_summary(reference: dict[str, Any]) -> str:
     return "<h3>Features (training rows)</h3>" + render_table(rows) + text
 
 
+@_plain_text
 def write_report(
     path: Path,
     name: str,
@@ -435,6 +459,7 @@ def write_report(
     path.write_text(_page(f"{name} report", sections))
 
 
+@_plain_text
 def write_monitor_report(
     path: Path,
     result: dict[str, Any],

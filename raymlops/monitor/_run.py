@@ -216,6 +216,10 @@ def monitor(
         mode = "scored"
     else:
         mode = None
+    if mode == "scored":
+        # Load (and verify) the model here first: a refused version (pickled without
+        # --allow-legacy-pickle, a bad signature) is then the user's error, not a failed Ray task.
+        cached_bundle(store_obj.uri, model_ref)
     fraction = min(1.0, 1.2 * sample_size / max(rows, 1))
     plan: JoinPlan | None = None
     if labels and key:

@@ -1,9 +1,10 @@
 """End to end on a real multi-node Ray cluster on this machine (``cluster/local/up.sh``).
 
-A head and two worker raylets start with token auth; the digits pipeline goes in through the jobs
-API exactly as ``raymlops submit`` sends it; the store must then hold a registered version, the
-training must have run on more than one node, the jobs API must refuse requests without the token,
-and ``down.sh`` must leave no process of the cluster behind.
+A head and two worker raylets start with token auth; ``raymlops submit pipelines/digits.yaml``
+(the real command, in its own process) runs the demo there; the store must then hold a registered
+version, ``raymlops jobs list/status/logs`` must show the job, training must have run on more
+than one node, the jobs API and the CLI must refuse requests without the token, and ``down.sh``
+must leave no process of the cluster behind.
 
 The cluster gets its own folder (short, under /tmp: Ray's socket paths have a length limit) and
 ports that are free right now, so it never meets another Ray instance on the machine.
@@ -261,31 +262,50 @@ def test_jobs_api_refuses_requests_without_the_token(cluster: Cluster) -> None:
         list_jobs(cluster.api, token="not-the-token")
 
 
-def test_submit_digits_pipeline_registers_a_version_trained_on_several_nodes(
-    cluster: Cluster, tmp_path: Path
-) -> None:
+def _cli(cluster: Cluster, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Any:
+    """``raymlops ARGS`` in a fresh process with the environment a user of the cluster has."""
+    return subprocess.run(
+        [sys.executable, "-m", "raymlops.cli", *args],
+        env=env if env is not None else cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+def test_raymlops_submit_digits_registers_a_version_trained_on_several_nodes(cluster: Cluster) -> None:
+    """The documented command, as typed: `raymlops submit pipelines/digits.yaml --address ...`."""
     if not _raymlops_run_available():
         pytest.skip("`raymlops run` is not available yet")
-    from raymlops.submit import job_status, list_jobs, submit
+    out = _cli(cluster, "submit", "pipelines/digits.yaml", "--address", cluster.api, "--json", timeout=1500)
+    assert out.returncode == 0, out.stderr[-5000:]
+    result = json.loads(out.stdout)  # --json: one object on stdout, the job's log on stderr
+    assert result["status"] == "SUCCEEDED" and result["exit_code"] == 0
+    assert "[raymlops] submitted job" in out.stderr and "over plain HTTP" not in out.stderr  # loopback
+    summary = result["summary"]
+    assert summary is not None and summary["pipeline"] == "digits", out.stderr[-3000:]
+    version, job_id = summary["version"], result["job_id"]
 
-    pipeline = _tiny_pipeline(tmp_path, "digits-e2e", "builtin://digits")
-    result = submit(pipeline, cluster.api, store=str(cluster.store), token=cluster.token, timeout_s=900)
-    assert result.status == "SUCCEEDED", result.message
-    assert result.exit_code == 0
-    assert result.summary is not None and result.summary["pipeline"] == "digits-e2e"
-    version = result.summary["version"]
-
-    # The store holds the version, complete, with the champion alias on it.
-    version_dir = cluster.store / "models" / "digits-e2e" / str(version)
+    # The store the cluster shares ($RAYMLOPS_STORE from up.sh) holds the version, with the champion on it.
+    version_dir = cluster.store / "models" / "digits" / str(version)
     metadata = json.loads((version_dir / "metadata.json").read_text())
-    assert metadata["metrics"]["accuracy"] > 0.5
-    aliases = json.loads((cluster.store / "models" / "digits-e2e" / "aliases.json").read_text())
+    assert metadata["metrics"]["accuracy"] >= 0.9
+    aliases = json.loads((cluster.store / "models" / "digits" / "aliases.json").read_text())
     assert str(aliases.get("champion")) == str(version)
 
+    # `raymlops jobs list/status/logs` show the job (the address from $RAY_API_SERVER_ADDRESS).
+    listed = _cli(cluster, "jobs", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert job_id in {j["submission_id"] for j in json.loads(listed.stdout)["jobs"]}
+    status = _cli(cluster, "jobs", "status", job_id, "--json")
+    assert status.returncode == 0, status.stderr
+    details = json.loads(status.stdout)
+    assert details["status"] == "SUCCEEDED" and details["metadata"]["raymlops.pipeline"] == "digits"
+    logs = _cli(cluster, "jobs", "logs", job_id)
+    assert logs.returncode == 0 and "RAYMLOPS_SUMMARY " in logs.stdout, logs.stderr
+
     # The driver ran as a Ray job on the cluster, and training ran on more than one node.
-    details = job_status(result.job_id, cluster.api, token=cluster.token)
-    assert details["status"] == "SUCCEEDED" and details["metadata"]["raymlops.pipeline"] == "digits-e2e"
-    assert any(j["submission_id"] == result.job_id for j in list_jobs(cluster.api, token=cluster.token))
     ray_job_id = details["job_id"]
     actors = [a for a in _state(cluster, "actors", ray_job_id) if a["class_name"] not in _BOOKKEEPING]
     tasks = [t for t in _state(cluster, "tasks", ray_job_id) if _TRAINING.search(t["name"])]
@@ -293,6 +313,25 @@ def test_submit_digits_pipeline_registers_a_version_trained_on_several_nodes(
         t["node_id"] for t in tasks if t.get("node_id")
     }
     assert len(training_nodes) >= 2, f"training used {len(training_nodes)} node(s): {actors} {tasks}"
+
+
+def test_the_cli_without_the_token_is_refused_clearly(cluster: Cluster) -> None:
+    env = {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH")}
+    before = json.loads(_cli(cluster, "jobs", "list", "--json").stdout)["jobs"]
+    for args in (
+        ("submit", "pipelines/digits.yaml", "--address", cluster.api),
+        ("jobs", "list"),
+        ("jobs", "status", "raymlops-nope"),
+    ):
+        out = _cli(cluster, *args, env=env)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        message = " ".join(out.stderr.split())
+        assert "requires a token and none was sent (HTTP 401)" in message, (args, out.stderr)
+        assert "RAY_AUTH_TOKEN_PATH" in message and "Traceback" not in out.stderr
+    wrong = _cli(cluster, "jobs", "list", env={**env, "RAY_AUTH_TOKEN": "not-the-token"})
+    assert wrong.returncode == 2 and "refused the token (HTTP 403)" in " ".join(wrong.stderr.split())
+    after = json.loads(_cli(cluster, "jobs", "list", "--json").stdout)["jobs"]
+    assert len(after) == len(before), "a refused submit must not start a job"
 
 
 def test_local_data_travels_with_the_job_and_no_wait_returns_at_once(
@@ -335,14 +374,12 @@ def test_local_data_travels_with_the_job_and_no_wait_returns_at_once(
 def test_a_failing_job_gives_exit_code_1(cluster: Cluster, tmp_path: Path) -> None:
     if not _raymlops_run_available():
         pytest.skip("`raymlops run` is not available yet")
-    from raymlops.submit import submit
-
     # Valid as a file, wrong for the data: the target column does not exist, so the run fails there.
     (tmp_path / "rows.csv").write_text("a,b\n" + "".join(f"{i},{i % 3}\n" for i in range(50)))
     pipeline = _tiny_pipeline(tmp_path, "broken", "rows.csv")
-    result = submit(pipeline, cluster.api, store=str(cluster.store), token=cluster.token, timeout_s=600)
-    assert result.status == "FAILED"
-    assert result.exit_code == 1
+    out = _cli(cluster, "submit", str(pipeline), "--store", str(cluster.store), "--json", timeout=600)
+    assert out.returncode == 1, out.stderr[-3000:]  # `raymlops submit` exits with the job's outcome
+    assert json.loads(out.stdout)["status"] == "FAILED"
     assert not (cluster.store / "models" / "broken").exists()
 
 

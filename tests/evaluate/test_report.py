@@ -15,6 +15,7 @@ from raymlops.evaluate.fairness import fairness_report
 from raymlops.evaluate.metrics import compute_metrics, confusion
 from raymlops.evaluate.reference import build_reference
 from raymlops.evaluate.report import write_monitor_report, write_report
+from raymlops.model import ModelBundle
 from raymlops.monitor._drift import Thresholds, batch_stats, finalize, spec_from_reference
 
 from . import toy_bundle, toy_frame
@@ -113,3 +114,88 @@ def test_monitor_report_shows_drift_and_the_shifted_feature(ray_session: Any, tm
     images = _images(path.read_text())
     assert {"drift per feature", "distribution of x1"} <= set(images)
     assert np.all([png.startswith(b"\x89PNG") for png in images.values()])
+
+
+def _mathtext_bundle(frame: pd.DataFrame) -> Any:
+    """A forest over columns and class labels that matplotlib would read as (broken) mathtext."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from raymlops.config import PreprocessStep
+    from raymlops.data.preprocess import FeaturePipeline
+    from raymlops.data.schema import TableSchema
+
+    schema = TableSchema(
+        target="y",
+        task="classification",
+        features=[r"$\foo$", "x1", r"$\grp$"],
+        categorical=[r"$\grp$"],
+        column_types={r"$\foo$": "float", "x1": "float", r"$\grp$": "category", "y": "string"},
+        classes=[r"$\no$", r"$\yes$"],
+        categories={r"$\grp$": [r"$\a$", "b", "c"]},
+    )
+    features = FeaturePipeline([PreprocessStep.model_validate({"standard_scaler": {"columns": "numeric"}})])
+    features.fit(frame, schema)
+    y = (frame["y"] == r"$\yes$").to_numpy().astype(np.int64)
+    est = RandomForestClassifier(n_estimators=20, max_depth=5, random_state=0).fit(
+        features.transform(frame), y
+    )
+    return ModelBundle.from_estimator("random_forest", est, features.to_plan(), schema)
+
+
+def _mathtext_frame(rows: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
+    frame = toy_frame(rows, seed=seed).rename(columns={"x0": r"$\foo$", "c": r"$\grp$"})
+    frame[r"$\grp$"] = frame[r"$\grp$"].replace({"a": r"$\a$"})
+    frame[r"$\foo$"] = frame[r"$\foo$"] + shift
+    frame["y"] = np.where(frame["y"] == 1, r"$\yes$", r"$\no$").astype(object)
+    return frame
+
+
+def test_reports_render_column_names_and_labels_that_look_like_mathtext(
+    ray_session: Any, tmp_path: Path
+) -> None:
+    # A `$\foo$` column or class label is plain text to the user; matplotlib would parse it as
+    # mathtext and fail ("Unknown symbol: \foo") after the whole training, losing the run.
+
+    train, held_out = _mathtext_frame(800, 0), _mathtext_frame(300, 1)
+    bundle = _mathtext_bundle(train)
+    y = (held_out["y"] == r"$\yes$").to_numpy().astype(np.int64)
+    scores = bundle.score(held_out).scores
+    metrics: dict[str, Any] = compute_metrics("classification", y, scores, 2)
+    metrics["confusion_matrix"] = confusion(y, scores.argmax(axis=1), 2)
+    metrics["fairness"] = fairness_report(
+        held_out[r"$\grp$"], y, scores, "classification", [r"$\no$", r"$\yes$"], column=r"$\grp$"
+    )
+    explanation = explain_model(bundle, held_out, held_out["y"].to_numpy(), "accuracy", top=2, n_repeats=1)
+    reference, sample = build_reference(train, bundle.schema, bundle.score(train).scores)
+    split = finalize(batch_stats(held_out, spec_from_reference(reference)), reference, sample, Thresholds())
+    path = tmp_path / "report.html"
+    write_report(
+        path,
+        r"$\model$",
+        _metadata(bundle, metrics),
+        bundle,
+        None,
+        explanation=explanation,
+        reference=reference,
+        split_drift=split,
+    )
+    page = path.read_text()
+    images = _images(page)
+    assert {"confusion matrix", "permutation importance", "fairness by group", "drift per feature"} <= set(
+        images
+    )
+    assert r"$\foo$" in page and r"$\grp$" in page
+
+    # The monitor report draws one distribution per drifted feature, named by the column.
+    current = _mathtext_frame(2000, 5, shift=2.0)
+    stats = batch_stats(current, spec_from_reference(reference))
+    result = {
+        "model": "m",
+        "version": 1,
+        "input": "x.parquet",
+        **finalize(stats, reference, sample, Thresholds()),
+    }
+    assert r"$\foo$" in result["drifted_features"]
+    mon = tmp_path / "monitor.html"
+    write_monitor_report(mon, result, reference, sample, pd.DataFrame(stats["sample"]))
+    assert "distribution of $\\foo$" in set(_images(mon.read_text()))
