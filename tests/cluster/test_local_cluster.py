@@ -383,6 +383,72 @@ def test_a_failing_job_gives_exit_code_1(cluster: Cluster, tmp_path: Path) -> No
     assert not (cluster.store / "models" / "broken").exists()
 
 
+def _scale_data(folder: Path, rows: int) -> str:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(rows, 8))
+    label = (X[:, 0] - X[:, 1] > 0).astype(np.int64)
+    for i, part in enumerate(np.array_split(np.arange(rows), 8)):
+        cols = {"id": part, "label": label[part], **{f"f{j}": X[part, j] for j in range(8)}}
+        pq.write_table(pa.table(cols), folder / f"part-{i}.parquet")
+    return str(folder)
+
+
+def test_rows_are_read_and_trained_on_worker_nodes_and_the_driver_stays_flat(cluster: Cluster) -> None:
+    """Issue 12: file rows go from the shared store to tasks on the worker nodes, not to the driver."""
+    peaks = {}
+    for rows in (40_000, 400_000):
+        source = _scale_data(cluster.store.parent / f"scale-{rows}", rows)
+        pipeline = _tiny_pipeline(
+            cluster.store.parent / "pipelines",
+            f"scale{rows}",
+            source,
+            {
+                "data": {"source": source, "target": "label", "exclude": ["id"], "split": {"key": "id"}},
+                "preprocess": [],
+                "tune": {"num_samples": 1},
+            },
+        )
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "raymlops.cli",
+                "run",
+                str(pipeline),
+                "--json",
+                "--store",
+                str(cluster.store),
+            ],
+            env=cluster.env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads(proc.stdout)
+        assert summary["cluster"]["nodes"] == NUM_WORKERS + 1
+        peaks[rows] = summary["cluster"]["driver_peak_rss_mb"]
+    status, body = _get(f"{cluster.api}/api/v0/tasks?limit=10000&detail=true", cluster.token)
+    assert status == 200, body
+    status, nodes = _get(f"{cluster.api}/api/v0/nodes?limit=100&detail=true", cluster.token)
+    head = {n["node_id"] for n in nodes["data"]["result"]["result"] if n.get("is_head_node")}
+    readers = {t["node_id"] for t in body["data"]["result"]["result"] if "ReadParquet" in t.get("name", "")}
+    trees = {
+        t["node_id"]
+        for t in body["data"]["result"]["result"]
+        if "_build_trees" in t.get("name", "") or "_sampled_trees" in t.get("name", "")
+    }
+    assert readers - head, f"rows were read only on the head node: {readers}"
+    assert trees - head, f"trees were built only on the head node: {trees}"
+    # 10x the rows, the driver's peak memory about the same (statistics and bounded samples only)
+    assert peaks[400_000] <= 1.2 * peaks[40_000] + 50, peaks
+
+
 def test_down_stops_every_process_of_the_cluster(cluster: Cluster) -> None:
     # Runs last in this module: the fixture's own teardown then finds nothing to stop.
     assert _cluster_processes(cluster.dir), "the cluster's processes should be visible before down.sh"
