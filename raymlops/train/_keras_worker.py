@@ -268,6 +268,7 @@ class KerasLoop:
         self.optimizer.build(self.model.trainable_variables)
         self.start_epoch = 0
         self.y_dtype = np.int32 if self.task == "classification" else np.float32
+        self.epoch_times: list[float] = []  # this run's epochs, so callers can take a steady state
         self.X_val: np.ndarray | None = None
         self.y_val: np.ndarray | None = None
         self._train_chunk = self._compile_train_chunk(tf)
@@ -427,6 +428,7 @@ class KerasLoop:
             steps_total += steps
             chunk += 1
         elapsed = time.perf_counter() - t0
+        self.epoch_times.append(elapsed)
         checksum, digest = weights_digest(self.model)
         world = self.world
         stats = np.zeros(3 * world, np.float64)
@@ -442,6 +444,7 @@ class KerasLoop:
             "rows": int(rows_total),
             "steps": steps_total,
             "epoch_time_s": elapsed,
+            "epoch_times_s": list(self.epoch_times),
             "samples_per_s": rows_total / max(elapsed, 1e-9),
             "data_wait_s": data_s,  # this rank's wait for its next chunk, part of epoch_time_s
             "start_epoch": self.start_epoch,

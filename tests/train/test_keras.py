@@ -153,10 +153,11 @@ def test_checkpoint_restores_weights_optimizer_state_and_epoch(tmp_path: Path) -
 
 
 def test_resource_plan_fits_trials_times_workers_into_the_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
-    from raymlops.train import keras as k
+    from raymlops.train import _trial as k
+    from raymlops.train.keras import plan_keras_resources
 
     def cluster(cpus: float, gpus: float = 0.0) -> None:
-        monkeypatch.setattr(k, "_cluster_total", lambda r: {"CPU": cpus, "GPU": gpus}.get(r, 0.0))
+        monkeypatch.setattr(k, "cluster_total", lambda r: {"CPU": cpus, "GPU": gpus}.get(r, 0.0))
         monkeypatch.setattr(k, "trial_concurrency", _concurrency(cpus))
 
     def _concurrency(total: float) -> Any:
@@ -168,24 +169,60 @@ def test_resource_plan_fits_trials_times_workers_into_the_cluster(monkeypatch: p
 
     # 2 cores (a laptop): 2 workers get fractional CPUs and leave room for Ray Data.
     cluster(2)
-    plan = k.plan_keras_resources(2, "auto", TuneConfig(num_samples=4))
+    plan = plan_keras_resources(2, "auto", TuneConfig(num_samples=4))
     assert plan.cpus_per_worker < 1 and not plan.use_gpu
     assert plan.max_concurrent * (plan.trial_cpus + 2 * plan.cpus_per_worker) <= 2 - k.RESERVE_CPUS + 1e-9
     # 4 logical CPUs: one 2-worker trial at a time, whole CPUs.
     cluster(4)
-    plan = k.plan_keras_resources(2, "auto", TuneConfig(num_samples=4))
+    plan = plan_keras_resources(2, "auto", TuneConfig(num_samples=4))
     assert (plan.cpus_per_worker, plan.max_concurrent) == (1.0, 1)
     # 32 CPUs, 4 trials of 2 workers: all four run at once.
     cluster(32)
-    plan = k.plan_keras_resources(2, "auto", TuneConfig(num_samples=4))
+    plan = plan_keras_resources(2, "auto", TuneConfig(num_samples=4))
     assert plan.max_concurrent == 4 and plan.cpus_per_worker >= 1
     assert plan.max_concurrent * (plan.trial_cpus + 2 * plan.cpus_per_worker) <= 32
     # GPUs: `auto` uses them when there is one per worker, and they bound the concurrency.
     cluster(32, gpus=2)
-    plan = k.plan_keras_resources(2, "auto", TuneConfig(num_samples=4))
+    plan = plan_keras_resources(2, "auto", TuneConfig(num_samples=4))
     assert plan.use_gpu and plan.gpus_per_worker == 1 and plan.max_concurrent == 1
     cluster(32, gpus=1)
-    assert not k.plan_keras_resources(2, "auto").use_gpu
+    assert not plan_keras_resources(2, "auto").use_gpu
+    # One worker trains inside its trial: the trial itself reserves the worker's CPUs.
+    cluster(4)
+    plan = plan_keras_resources(1, "auto", TuneConfig(num_samples=4, max_concurrent_trials=2))
+    assert plan.trial_cpus == plan.cpus_per_worker == 1.0 and plan.max_concurrent == 2
+    assert plan.max_concurrent * plan.trial_cpus <= 4 - k.RESERVE_CPUS
+
+
+# --- one worker: trained in this process, no Ray Train worker group ----------------------------
+
+
+def test_one_worker_run_trains_in_process_and_resumes_from_its_checkpoint(
+    ray_session: Any, digits_data: Split, tmp_path: Path
+) -> None:
+    import ray
+
+    from raymlops.train.keras import load_keras_checkpoint, train_keras_local
+
+    groups_before = len(ray.util.placement_group_table())
+    params = KerasParams(hidden=[64, 32], epochs=2, batch_size=64, learning_rate=0.003)
+    first = train_keras_local(params, digits_data.data, storage_path=str(tmp_path), name="one")
+    assert first.metrics["epoch"] == 2 and first.metrics["world_size"] == 1
+    assert first.metrics["rows"] == len(digits_data.X_train)  # every row once per epoch
+    assert first.metrics["steps"] == -(-len(digits_data.X_train) // 64)  # one optimizer step per batch
+    assert first.checkpoint_path == str(tmp_path / "one" / "checkpoint_000002")
+
+    more = params.model_copy(update={"epochs": 5})
+    resumed = train_keras_local(more, digits_data.data, storage_path=str(tmp_path), name="one")
+    assert resumed.metrics["start_epoch"] == 2 and resumed.metrics["epoch"] == 5
+    kept = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert kept == ["checkpoint_000004", "checkpoint_000005"]
+    assert len(ray.util.placement_group_table()) == groups_before  # no worker group was started
+    model = load_keras_checkpoint(str(resumed.checkpoint_path))
+    scores = keras_scores(model, digits_data.X_val)
+    accuracy = compute_metrics("classification", digits_data.y_val, scores, 10)["accuracy"]
+    assert accuracy == pytest.approx(resumed.metrics["accuracy"], abs=1e-9)
+    assert accuracy > 0.9
 
 
 # --- Ray Train: 2 workers, one killed mid-run --------------------------------------------------
