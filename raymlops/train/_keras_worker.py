@@ -585,7 +585,6 @@ class LocalRun:
         # A new block order every epoch: each epoch's chunks differ (rows are shuffled in a chunk).
         self.train = train.randomize_block_order()
         self.epoch = self.loop.start_epoch
-        self.saved: list[str] = []
 
     @property
     def done(self) -> bool:
@@ -635,8 +634,14 @@ class LocalRun:
             )
             fs.create_dir(dest, recursive=True)
             pafs.copy_files(tmp, dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-        self.saved.append(dest)
-        while len(self.saved) > KEEP_CHECKPOINTS:
-            fs.delete_dir(self.saved.pop(0))
+        # The newest KEEP_CHECKPOINTS of this run's folders stay (older runs' on a resumed run too).
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        folders = sorted(
+            i.path
+            for i in infos
+            if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
+        )
+        for old in folders[:-KEEP_CHECKPOINTS]:
+            fs.delete_dir(old)
         prefix = self.run_dir.split("://", 1)[0] + "://" if "://" in self.run_dir else ""
         return prefix + dest
