@@ -58,6 +58,7 @@ __all__ = [
 RESERVE_CPUS = 0.5  # left free for Ray Data (split coordinator, reads) so training never starves it
 TRIAL_DRIVER_CPUS = 0.1  # a Tune trial that only launches and watches its Train run
 MAX_CPUS_PER_WORKER = 8
+MIN_SHARED_CPUS = 0.5  # the smallest share per worker that lets all wanted trials run at once
 STOP_TIMEOUT_S = 300.0  # how long a stopped trial waits for its Train run to end after its report
 STATE_FILE = "state.json"  # every kind's checkpoint holds its metrics there (read by recovery)
 POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
@@ -102,8 +103,9 @@ def plan_resources(
 ) -> ResourcePlan:
     """Size workers and trial concurrency so trials x workers fit the cluster and Ray Data still runs.
 
-    Whole CPUs per worker when the cluster has them for every trial that should run at once;
-    otherwise fractional CPUs (down to 0.1) so that at least one trial starts on a small machine:
+    Whole CPUs per worker when the cluster has them for every trial that should run at once; at
+    least half a CPU each when that lets them all run at once; otherwise one trial at a time with
+    fractional CPUs (down to 0.1), so that at least one trial starts on a small machine:
     2 workers x 1 CPU on a 2-CPU box leave Ray Data nothing and the run hangs. With ``in_trial``
     (one worker, trained inside the Tune trial's own process) the trial reserves the worker's CPUs.
     """
@@ -117,6 +119,10 @@ def plan_resources(
     per_worker = (avail / wanted - driver) / workers
     if per_worker >= 1:
         per_worker = float(min(math.floor(per_worker), MAX_CPUS_PER_WORKER))
+    elif per_worker >= MIN_SHARED_CPUS:
+        # Every wanted trial at once on shared cores: their start-ups (worker groups, TensorFlow)
+        # overlap instead of queueing, and the cores stay busy while one trial waits on another.
+        per_worker = math.floor(per_worker * 20) / 20
     else:
         per_worker = min(1.0, (avail - driver) / workers)
         per_worker = max(0.1, math.floor(per_worker * 20) / 20)

@@ -176,6 +176,11 @@ def test_resource_plan_fits_trials_times_workers_into_the_cluster(monkeypatch: p
     cluster(4)
     plan = plan_keras_resources(2, "auto", TuneConfig(num_samples=4))
     assert (plan.cpus_per_worker, plan.max_concurrent) == (1.0, 1)
+    # 4 logical CPUs, 3 trials of 2 workers (the demo): all three at once on half a CPU per worker,
+    # so their worker groups start side by side instead of one after another.
+    plan = plan_keras_resources(2, "auto", TuneConfig(num_samples=3))
+    assert (plan.cpus_per_worker, plan.max_concurrent) == (0.5, 3)
+    assert plan.max_concurrent * (plan.trial_cpus + 2 * plan.cpus_per_worker) <= 4 - k.RESERVE_CPUS
     # 32 CPUs, 4 trials of 2 workers: all four run at once.
     cluster(32)
     plan = plan_keras_resources(2, "auto", TuneConfig(num_samples=4))
@@ -344,7 +349,10 @@ def test_asha_stops_the_weak_keras_trial_and_the_best_model_is_the_candidate(
         params={"hidden": [64, 32], "epochs": 4, "batch_size": 64},
         search={"learning_rate": {"choice": [0.01, 0.00001]}},
     )
-    tune_cfg = TuneConfig(num_samples=2, scheduler="asha", reduction_factor=2, seed=1)
+    # One trial at a time: the second reaches each rung after the first, so ASHA can compare them.
+    tune_cfg = TuneConfig(
+        num_samples=2, scheduler="asha", reduction_factor=2, seed=1, max_concurrent_trials=1
+    )
     trained = tune_keras(model_cfg, tune_cfg, digits_data.data, storage_path=str(tmp_path), experiment="asha")
 
     assert trained.kind == "keras" and trained.workers == 2
@@ -384,6 +392,11 @@ def _interrupt_when_one_trial_is_done(exp_dir: Path, stop: threading.Event, fire
         time.sleep(0.1)
 
 
+# A one-worker trial trains in its own actor at tens of epochs per second on these 480 rows: the
+# long trial needs enough epochs to still be midway when the test interrupts the search.
+LONG_EPOCHS = 200
+
+
 @pytest.mark.slow
 def test_interrupted_keras_search_resumes_without_rerunning_finished_trials(
     ray_session: Any, regression_data: Split, tmp_path: Path
@@ -395,7 +408,7 @@ def test_interrupted_keras_search_resumes_without_rerunning_finished_trials(
         kind="keras",
         workers=1,
         params={"hidden": [32], "batch_size": 32, "learning_rate": 0.01},
-        search={"epochs": {"choice": [2, 20]}},
+        search={"epochs": {"choice": [2, LONG_EPOCHS]}},
     )
     tune_cfg = TuneConfig(num_samples=2, scheduler="fifo", seed=1, max_concurrent_trials=1)
     exp_dir = tmp_path / "reg_search"
@@ -432,9 +445,9 @@ def test_interrupted_keras_search_resumes_without_rerunning_finished_trials(
         assert after[name] == lines, "a finished trial ran again"
     (long_name,) = set(after) - set(finished)
     last = after[long_name][-1]
-    assert last["done"] and last["epoch"] == 20
+    assert last["done"] and last["epoch"] == LONG_EPOCHS
     assert last["start_epoch"] > 0  # its Train run resumed from its checkpoint, not from epoch 0
-    assert {t["params"]["epochs"] for t in resumed.trials} == {2, 20}
+    assert {t["params"]["epochs"] for t in resumed.trials} == {2, LONG_EPOCHS}
     preds = keras_scores(resumed.estimator, regression_data.X_val)
     assert preds.shape == (len(regression_data.X_val),)
     rmse = compute_metrics("regression", regression_data.y_val, preds)["rmse"]
