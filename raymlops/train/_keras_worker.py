@@ -233,6 +233,40 @@ def _next_or_none(it: Any) -> Any:
         return None
 
 
+class _Prefetch:
+    """An iterator whose first item is fetched by a background thread from the moment it is made."""
+
+    def __init__(self, it: Any) -> None:
+        import threading
+
+        self._it = it
+        self._first: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._fetch, name="raymlops-prefetch", daemon=True)
+        self._thread.start()
+
+    def _fetch(self) -> None:
+        try:
+            self._first = _next_or_none(self._it)
+        except BaseException as err:  # raised again in the training thread
+            self._error = err
+
+    def close(self) -> None:
+        """Stop the epoch's Ray Data execution (a trial stopped before the epoch it prefetched)."""
+        self._thread.join()
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+
+    def __iter__(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self._first is not None:
+            yield self._first
+        yield from self._it
+
+
 class KerasLoop:
     """The model, its optimizer and the compiled training and scoring functions of one worker.
 
@@ -384,7 +418,15 @@ class KerasLoop:
 
     # ---- one epoch -------------------------------------------------------------------------
 
-    def train_epoch(self, source: Any, epoch: int) -> dict[str, Any]:
+    def start_chunks(self, source: Any) -> Any:
+        """The chunks of one epoch with the first one already fetched, by a thread started now.
+
+        Ray Data starts an execution for every epoch; started while the previous epoch is still
+        being scored and checkpointed, that start-up is hidden instead of waited for.
+        """
+        return _Prefetch(self._chunks(source))
+
+    def train_epoch(self, source: Any, epoch: int, chunks: Any = None) -> dict[str, Any]:
         """Train one epoch over ``source`` (this worker's shard); every rank returns the same stats.
 
         At world size N every chunk starts with one small all-reduce of each worker's step count,
@@ -394,7 +436,7 @@ class KerasLoop:
         import tensorflow as tf
 
         t0 = time.perf_counter()
-        it = self._chunks(source)
+        it = iter(chunks) if chunks is not None else self._chunks(source)
         seen: list[np.ndarray] = []
         loss_total, rows_total, rows_local, steps_total, chunk = 0.0, 0.0, 0, 0, 0
         empty_x = np.zeros((0, self.n_features), np.float32)
@@ -585,6 +627,7 @@ class LocalRun:
         # A new block order every epoch: each epoch's chunks differ (rows are shuffled in a chunk).
         self.train = train.randomize_block_order()
         self.epoch = self.loop.start_epoch
+        self._next_chunks: Any = self.loop.start_chunks(self.train) if not self.done else None
 
     @property
     def done(self) -> bool:
@@ -613,13 +656,22 @@ class LocalRun:
                 "start_epoch": self.loop.start_epoch,
                 "checkpoint_path": self.last_checkpoint,
             }
-        metrics = self.loop.train_epoch(self.train, self.epoch)
-        metrics.update(self.loop.evaluate())
+        chunks, self._next_chunks = self._next_chunks, None
+        metrics = self.loop.train_epoch(self.train, self.epoch, chunks)
         self.epoch += 1
+        if not self.done:
+            self._next_chunks = self.loop.start_chunks(self.train)
+        metrics.update(self.loop.evaluate())
         metrics["checkpoint_path"] = self._checkpoint(metrics)
         self.state = {"epoch": self.epoch, "metrics": metrics}
         self.last_checkpoint = metrics["checkpoint_path"]
         return metrics
+
+    def close(self) -> None:
+        """Drop the prefetched next epoch (the trial stops here)."""
+        if self._next_chunks is not None:
+            self._next_chunks.close()
+            self._next_chunks = None
 
     def _checkpoint(self, metrics: dict[str, Any]) -> str:
         import pyarrow.fs as pafs

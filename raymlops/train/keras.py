@@ -256,8 +256,11 @@ def train_keras_local(
         run_dir,
     )
     metrics: dict[str, Any] = {}
-    while not run.done:
-        metrics = run.next_epoch()
+    try:
+        while not run.done:
+            metrics = run.next_epoch()
+    finally:
+        run.close()
     if not metrics and run.state:
         metrics = run.next_epoch()
     return KerasRun(metrics=metrics, checkpoint_path=metrics.get("checkpoint_path"), run_path=run_dir)
@@ -371,8 +374,12 @@ class _LocalKerasTrial(tune.Trainable):
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         """Reuse this actor (and its TensorFlow start-up) for the next trial."""
+        self._run.close()
         self._start(new_config)
         return True
+
+    def cleanup(self) -> None:
+        self._run.close()
 
 
 def _stopped_early(results: Any, model_cfg: ModelConfig) -> int:
