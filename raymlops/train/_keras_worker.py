@@ -345,6 +345,8 @@ class KerasLoop:
 
         y_dtype = tf.int32 if task == "classification" else tf.float32
 
+        # An explicit tf.while_loop and no AutoGraph: tracing does not depend on reading this
+        # file's source (which AutoGraph does, and which fails if the file changed on disk).
         @tf.function(
             input_signature=[
                 tf.TensorSpec([None, self.n_features], tf.float32),
@@ -352,6 +354,7 @@ class KerasLoop:
                 tf.TensorSpec([], tf.int32),
                 tf.TensorSpec([], tf.int32),
             ],
+            autograph=False,
         )
         def train_chunk(x: Any, y: Any, steps: Any, shuffle_seed: Any) -> tuple[Any, Any]:
             n = tf.shape(x)[0]
@@ -359,13 +362,17 @@ class KerasLoop:
             # block order every epoch, every epoch sees different batches.
             order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([shuffle_seed, 7]))
             x, y = tf.gather(x, order), tf.gather(y, order)
-            loss_total, rows_total = tf.constant(0.0), tf.constant(0.0)
-            for i in tf.range(steps):
+
+            def body(i: Any, loss_total: Any, rows_total: Any) -> tuple[Any, Any, Any]:
                 lo = tf.minimum(i * b, n)
                 hi = tf.minimum(lo + b, n)
                 loss, rows = one_step(x[lo:hi], y[lo:hi])
-                loss_total += loss
-                rows_total += rows
+                return i + 1, loss_total + loss, rows_total + rows
+
+            zero = tf.constant(0.0)
+            _, loss_total, rows_total = tf.while_loop(
+                lambda i, *_: i < steps, body, (tf.constant(0), zero, zero), parallel_iterations=1
+            )
             return loss_total, rows_total
 
         return train_chunk
