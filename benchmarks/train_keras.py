@@ -1,21 +1,28 @@
-"""Keras MLP: plain single-process ``model.fit`` versus raymlops's data-parallel Ray Train runs.
+"""Keras MLP: plain ``model.fit`` versus raymlops, side by side in one process, and ASHA versus FIFO.
 
 Part 1, throughput. The same MLP (hidden 64-32, Adam, the same global batch) on the same rows
-(sklearn digits, tiled with a little noise to ``--rows`` rows so that an epoch is long enough to
-time) is trained (a) by ``model.fit`` in this process and (b) by raymlops on Ray Train with 1 and
-with 2 workers, whose gradients are all-reduced every step. samples/s is the steady state: the last
-epoch's rows over its time (tracing and Ray start-up excluded); wall time, start-up included, is
-shown beside it. Ratio = samples/s / ``model.fit``'s samples/s.
+(sklearn digits, tiled with a little noise to ``--rows`` rows) is trained by
+
+* ``model.fit`` in this process (numpy arrays, ``shuffle=True``, Keras defaults);
+* raymlops with 1 worker, as a ``workers: 1`` Tune trial runs it: in the calling process, streaming
+  the Ray Dataset with ``iter_batches``, scoring the validation split and checkpointing every epoch
+  (:func:`raymlops.train.keras.train_keras_local`);
+* raymlops with 2 workers on Ray Train (a worker group, one all-reduce per step).
+
+Steady-state samples/s = rows x (epochs - 1) / the time of every epoch after the first (the first
+one traces the compiled functions). Each trainer runs ``--repeats`` times, interleaved (fit, ours,
+fit, ours, ...) so that a load change on a shared machine hits both; the table shows the median
+and the spread (min-max). Wall time is the whole run, start-up included: building the model,
+reading the validation rows, tracing, every epoch (and for 2 workers, Ray Train's worker group).
+Ratio = median samples/s (or wall) over ``model.fit``'s.
 
 Part 2, time to a target validation accuracy on digits (training rows tiled to ``--tune-rows``):
-``tune_keras`` with ``--samples`` trials (same seed, so FIFO and ASHA sample the same
-configurations), once with FIFO and once with ASHA.
-Time to target = from the start of the search to the first epoch report of any trial at or above
-``--target``; also total wall time and the epochs trained in all.
+``--samples`` one-worker trials (same seed, so FIFO and ASHA sample the same configurations),
+``--concurrent`` at a time, once with FIFO and once with ASHA. Time to target = from the start of
+the search to the first epoch report of any trial at or above ``--target``; also total wall time and
+the epochs trained in all.
 
-Run: ``python benchmarks/train_keras.py [--rows 100000] [--epochs 4] [--samples 4] [--quick]``.
-On a shared or small machine Ray's start-up (seconds to minutes per Train run) dominates wall time;
-compare samples/s for the training itself.
+Run: ``python benchmarks/train_keras.py [--rows 100000] [--epochs 6] [--repeats 3] [--quick]``.
 """
 
 from __future__ import annotations
@@ -24,9 +31,12 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +49,39 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import print_table  # noqa: E402
 
-from raymlops.config import KerasParams, ModelConfig, TuneConfig  # noqa: E402
+from raymlops.config import ModelConfig, TuneConfig  # noqa: E402
+from raymlops.model.keras import KerasParams  # noqa: E402
 from raymlops.train.base import TrainingData  # noqa: E402
 
 
-def _digits(rows: int, seed: int = 0) -> TrainingData:
+@dataclass
+class Split:
+    data: TrainingData
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+
+
+@dataclass
+class Runs:
+    """Repeated runs of one trainer: steady-state samples/s, wall seconds and accuracy of each."""
+
+    name: str
+    sps: list[float] = field(default_factory=list)
+    wall: list[float] = field(default_factory=list)
+    acc: list[float] = field(default_factory=list)
+    wait: list[float] = field(default_factory=list)
+
+    def add(self, epoch_times: list[float], rows: int, wall: float, acc: float, wait: float = 0.0) -> None:
+        steady = epoch_times[1:] or epoch_times
+        self.sps.append(rows * len(steady) / sum(steady))
+        self.wall.append(wall)
+        self.acc.append(acc)
+        self.wait.append(wait)
+
+
+def _digits(rows: int, seed: int = 0) -> Split:
     X, y = load_digits(return_X_y=True)
     X = (X / 16.0).astype(np.float32)
     X_tr, X_val, y_tr, y_val = train_test_split(X, y, test_size=0.2, random_state=seed, stratify=y)
@@ -54,20 +92,18 @@ def _digits(rows: int, seed: int = 0) -> TrainingData:
         X_tr = (X_tr + rng.normal(scale=0.02, size=X_tr.shape)).astype(np.float32)
         y_tr = np.tile(y_tr, reps)[:rows]
     names = [f"p{i}" for i in range(X.shape[1])]
-    return TrainingData(X_tr, y_tr, X_val, y_val, "classification", list(range(10)), names)
+    data = TrainingData.from_arrays(X_tr, y_tr, X_val, y_val, "classification", list(range(10)), names)
+    return Split(data, X_tr, y_tr, X_val, y_val)
 
 
-def _plain_fit(params: KerasParams, data: TrainingData) -> tuple[float, float, float]:
-    """(samples/s of the last epoch, wall s, validation accuracy) of ``model.fit`` in this process."""
+def _plain_fit(params: KerasParams, split: Split, runs: Runs) -> None:
+    """``model.fit`` on numpy arrays in this process, then one validation pass."""
     import keras
 
+    from raymlops.model.keras import keras_scores
     from raymlops.train._keras_worker import build_model
-    from raymlops.train.keras import keras_scores, model_spec
+    from raymlops.train.keras import model_spec
 
-    model = build_model(model_spec(params, data))
-    model.compile(
-        optimizer=keras.optimizers.Adam(params.learning_rate), loss="sparse_categorical_crossentropy"
-    )
     epoch_times: list[float] = []
 
     class _Timer(keras.callbacks.Callback):  # type: ignore[misc]
@@ -78,41 +114,106 @@ def _plain_fit(params: KerasParams, data: TrainingData) -> tuple[float, float, f
             epoch_times.append(time.perf_counter() - self._t)
 
     start = time.perf_counter()
+    model = build_model(model_spec(params, split.data))
+    model.compile(
+        optimizer=keras.optimizers.Adam(params.learning_rate), loss="sparse_categorical_crossentropy"
+    )
     model.fit(
-        data.X_train,
-        data.y_train,
+        split.X_train,
+        split.y_train,
         batch_size=params.batch_size,
         epochs=params.epochs,
         shuffle=True,
         verbose=0,
         callbacks=[_Timer()],
     )
-    wall = time.perf_counter() - start
-    acc = float((keras_scores(model, data.X_val).argmax(axis=1) == data.y_val).mean())
-    return len(data.X_train) / epoch_times[-1], wall, acc
+    acc = float((keras_scores(model, split.X_val).argmax(axis=1) == split.y_val).mean())
+    runs.add(epoch_times, len(split.X_train), time.perf_counter() - start, acc)
 
 
-def _raymlops_fit(
-    params: KerasParams, data: TrainingData, workers: int, storage: str
-) -> tuple[float, float, float, float]:
-    """(samples/s of the last epoch, wall s, val accuracy, share of that epoch spent waiting for data)."""
+def _ours_local(params: KerasParams, split: Split, storage: str, runs: Runs) -> None:
+    from raymlops.train.keras import train_keras_local
+
+    start = time.perf_counter()
+    run = train_keras_local(params, split.data, storage_path=storage, name=f"local_{time.time_ns()}")
+    m = run.metrics
+    wait = float(m["data_wait_s"]) / max(float(m["epoch_time_s"]), 1e-9)
+    runs.add(list(m["epoch_times_s"]), len(split.X_train), time.perf_counter() - start, m["accuracy"], wait)
+
+
+def _ours_train(params: KerasParams, split: Split, workers: int, storage: str, runs: Runs) -> None:
     from raymlops.train.keras import train_keras_distributed
 
     start = time.perf_counter()
     run = train_keras_distributed(
         params,
-        data,
+        split.data,
         workers=workers,
-        use_gpu="auto",
+        use_gpu=False,
         max_failures=0,
         storage_path=storage,
-        name=f"bench_{workers}w_{int(time.time())}",
+        name=f"train_{workers}w_{time.time_ns()}",
         report_to_tune=False,
     )
-    wall = time.perf_counter() - start
     m = run.metrics
-    wait = float(m.get("data_wait_s", 0.0)) / max(float(m["epoch_time_s"]), 1e-9)
-    return float(m["samples_per_s"]), wall, float(m["accuracy"]), wait
+    wait = float(m["data_wait_s"]) / max(float(m["epoch_time_s"]), 1e-9)
+    runs.add(list(m["epoch_times_s"]), len(split.X_train), time.perf_counter() - start, m["accuracy"], wait)
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    return f"{format(min(values), fmt)}-{format(max(values), fmt)}" if len(values) > 1 else "-"
+
+
+def _throughput(args: argparse.Namespace, storage: str) -> None:
+    import tensorflow as tf  # imported once, before either trainer is timed
+
+    del tf
+    params = KerasParams(hidden=[64, 32], epochs=args.epochs, batch_size=args.batch_size, learning_rate=0.003)
+    split = _digits(args.rows)
+    fit, one = Runs("keras model.fit, this process"), Runs("raymlops, 1 worker (in-trial)")
+    for _ in range(args.repeats):
+        _plain_fit(params, split, fit)
+        _ours_local(params, split, storage, one)
+    results = [fit, one]
+    if args.workers2_repeats:
+        two = Runs("raymlops, 2 workers (Ray Train)")
+        for _ in range(args.workers2_repeats):
+            _ours_train(params, split, 2, storage, two)
+        results.append(two)
+    base_sps, base_wall = statistics.median(fit.sps), statistics.median(fit.wall)
+    rows = []
+    for r in results:
+        sps, wall = statistics.median(r.sps), statistics.median(r.wall)
+        rows.append(
+            (
+                r.name,
+                f"{sps:,.0f}",
+                _spread(r.sps, ",.0f"),
+                f"{sps / base_sps:.2f}x",
+                f"{100 * statistics.median(r.wait):.0f}%" if r is not fit else "-",
+                f"{wall:.1f}",
+                _spread(r.wall, ".1f"),
+                f"{wall / base_wall:.2f}x",
+                f"{statistics.median(r.acc):.3f}",
+            )
+        )
+    print_table(
+        [
+            "trainer",
+            "samples/s (median)",
+            "spread",
+            "ratio",
+            "data wait",
+            "wall s (median)",
+            "spread",
+            "wall ratio",
+            "val acc",
+        ],
+        rows,
+        title=f"Throughput: {len(split.X_train):,} rows x 64 features, {args.epochs} epochs (steady state: "
+        f"epochs 2-{args.epochs}), global batch {args.batch_size}; runs: {args.repeats} "
+        f"(2 workers: {args.workers2_repeats}); load before: {args.load}",
+    )
 
 
 def _time_to_target(exp_dir: Path, start: float, target: float) -> tuple[float | None, int, float]:
@@ -134,96 +235,43 @@ def _time_to_target(exp_dir: Path, start: float, target: float) -> tuple[float |
     return first, epochs, best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--rows", type=int, default=100_000, help="training rows for the throughput part")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--samples", type=int, default=4, help="Tune trials for the ASHA/FIFO part")
-    parser.add_argument("--tune-epochs", type=int, default=12)
-    parser.add_argument(
-        "--tune-rows", type=int, default=30_000, help="training rows per trial: epochs long enough to matter"
-    )
-    parser.add_argument("--target", type=float, default=0.95)
-    parser.add_argument("--quick", action="store_true", help="20k rows, 3 trials of up to 8 epochs")
-    parser.add_argument("--skip-tune", action="store_true")
-    args = parser.parse_args()
-    if args.quick:
-        args.rows, args.samples, args.tune_epochs, args.tune_rows = 20_000, 3, 8, 10_000
+def _tune(args: argparse.Namespace, storage: str) -> None:
+    from raymlops.train.keras import train as tune_keras
 
-    from raymlops.cluster import connect
-
-    info = connect()
-    print(f"{os.cpu_count()} cores; Ray sees {info.cpus:.0f} CPUs, {info.gpus:.0f} GPUs", file=sys.stderr)
-    storage = tempfile.mkdtemp(prefix="raymlops-bench-keras-")
-    params = KerasParams(hidden=[64, 32], epochs=args.epochs, batch_size=args.batch_size, learning_rate=0.003)
-    data = _digits(args.rows)
-
-    base_sps, base_wall, base_acc = _plain_fit(params, data)
-    rows: list[tuple[Any, ...]] = [
-        (
-            "keras model.fit, 1 process",
-            f"{base_sps:,.0f}",
-            "1.00x",
-            "-",
-            f"{base_wall:.1f}",
-            f"{base_acc:.3f}",
-        )
-    ]
-    for workers in (1, 2):
-        sps, wall, acc, wait = _raymlops_fit(params, data, workers, storage)
-        rows.append(
-            (
-                f"raymlops Ray Train, {workers} worker(s)",
-                f"{sps:,.0f}",
-                f"{sps / base_sps:.2f}x",
-                f"{100 * wait:.0f}%",
-                f"{wall:.1f}",
-                f"{acc:.3f}",
-            )
-        )
-    print_table(
-        [
-            "trainer",
-            "samples/s (last epoch)",
-            "ratio vs fit",
-            "data wait",
-            "wall s (incl. start-up)",
-            "val acc",
-        ],
-        rows,
-        title=f"Throughput: {len(data.X_train):,} rows x {data.n_features} features, {args.epochs} epochs, "
-        f"global batch {args.batch_size}",
-    )
-    if args.skip_tune:
-        return
-
-    from raymlops.train.keras import tune_keras
-
-    small = _digits(args.tune_rows)
+    split = _digits(args.tune_rows)
     model_cfg = ModelConfig(
         name="mlp",
         kind="keras",
         workers=1,
         params={"hidden": [64, 32], "epochs": args.tune_epochs, "batch_size": 64},
-        search={"learning_rate": {"loguniform": [1e-4, 2e-2]}},
+        search={"learning_rate": {"loguniform": [1e-5, 1e-2]}},
     )
-    tune_rows = []
+    out = []
+    walls: dict[str, float | None] = {}
     for scheduler in ("fifo", "asha"):
-        tune_cfg = TuneConfig(num_samples=args.samples, scheduler=scheduler, seed=0, reduction_factor=2)
+        tune_cfg = TuneConfig(
+            num_samples=args.samples,
+            scheduler=scheduler,
+            seed=0,
+            reduction_factor=3,
+            max_concurrent_trials=args.concurrent,
+        )
         start = time.time()
         with contextlib.redirect_stdout(sys.stderr):  # Tune's progress tables: stdout keeps ours
             trained = tune_keras(
-                model_cfg, tune_cfg, small, storage_path=storage, experiment=f"bench_{scheduler}"
+                model_cfg, tune_cfg, split.data, storage_path=storage, experiment=f"bench_{scheduler}"
             )
         wall = time.time() - start
         to_target, epochs, best = _time_to_target(Path(storage) / f"bench_{scheduler}", start, args.target)
-        tune_rows.append(
+        walls[scheduler] = to_target
+        ratio = "-"
+        if scheduler == "asha" and to_target is not None and walls.get("fifo"):
+            ratio = f"{to_target / walls['fifo']:.2f}x"  # type: ignore[operator]
+        out.append(
             (
                 scheduler.upper(),
                 "not reached" if to_target is None else f"{to_target:.0f}",
+                ratio,
                 f"{wall:.0f}",
                 str(epochs),
                 str(trained.extra["trials_stopped_early"]),
@@ -234,15 +282,66 @@ def main() -> None:
         [
             "scheduler",
             f"s to val acc >= {args.target}",
+            "vs FIFO",
             "total wall s",
             "epochs trained",
             "stopped early",
             "best acc",
         ],
-        tune_rows,
-        title=f"Tune: {args.samples} trials x up to {args.tune_epochs} epochs, {len(small.X_train):,} rows "
-        "(same configs)",
+        out,
+        title=f"Tune: {args.samples} one-worker trials ({args.concurrent} at a time) x up to "
+        f"{args.tune_epochs} epochs, {len(split.X_train):,} rows, the same configs; load before: "
+        f"{_load()}",
     )
+
+
+def _load() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return "?"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=100_000, help="training rows for the throughput part")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of fit and of the 1-worker trainer")
+    parser.add_argument(
+        "--workers2-repeats", type=int, default=2, help="runs of the 2-worker trainer (0: skip)"
+    )
+    parser.add_argument("--samples", type=int, default=8, help="Tune trials for the ASHA/FIFO part")
+    parser.add_argument("--concurrent", type=int, default=2, help="trials at once")
+    parser.add_argument("--tune-epochs", type=int, default=9)
+    parser.add_argument("--tune-rows", type=int, default=20_000, help="training rows per trial")
+    parser.add_argument("--target", type=float, default=0.96)
+    parser.add_argument("--quick", action="store_true", help="20k rows, 4 epochs, 2 repeats, 6 trials")
+    parser.add_argument("--skip-tune", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.rows, args.epochs, args.repeats, args.workers2_repeats = 20_000, 4, 2, 1
+        args.samples, args.tune_rows = 6, 10_000
+    args.load = _load()
+
+    import ray
+
+    from raymlops.cluster import connect
+
+    info = connect()
+    print(f"{os.cpu_count()} cores; Ray sees {info.cpus:.0f} CPUs, {info.gpus:.0f} GPUs", file=sys.stderr)
+    storage = tempfile.mkdtemp(prefix="raymlops-bench-keras-")
+    try:
+        if not args.skip_throughput:
+            _throughput(args, storage)
+        if not args.skip_tune:
+            _tune(args, storage)
+    finally:
+        ray.shutdown()
+    print(f"load after: {_load()}")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,19 @@
-"""Keras 3 MLPs on Ray: data-parallel Ray Train runs, tuned by Ray Tune, checkpointed every epoch.
+"""Keras 3 MLPs on Ray: tuned by Ray Tune, data-parallel on Ray Train for N workers, checkpointed.
 
-A ``kind: keras`` model trains with Ray Train's ``TensorflowTrainer`` on ``workers`` workers. Each worker
-reads its own shard of the training data with ``ray.train.get_dataset_shard`` and gradients are
-combined by a real collective all-reduce every step (see :mod:`raymlops.train._keras_worker` for why
-this is a custom loop and not ``model.fit``: Keras 3's ``fit`` breaks under
-``MultiWorkerMirroredStrategy``, ray-project/ray#47464).
+A ``kind: keras`` model with ``workers: N > 1`` trains with Ray Train's ``TensorflowTrainer`` on N
+workers. Each worker reads its own shard of the training data with ``ray.train.get_dataset_shard``
+and gradients are combined by a real collective all-reduce every step (see
+:mod:`raymlops.train._keras_worker` for why this is a custom loop and not ``model.fit``: Keras 3's
+``fit`` breaks under ``MultiWorkerMirroredStrategy``, ray-project/ray#47464).
 
-Tune follows the Ray Train V2 pattern: each trial builds and runs its own ``TensorflowTrainer`` and
-forwards every epoch's report (validation metric and checkpoint path) to Tune, so ASHA can stop
-weak trials early. The trial is a small class trainable rather than a function (see
-:class:`_KerasTrial`): a stopped trial then ends its Train run cleanly and frees its CPUs. Resources
+With ``workers: 1`` there is nothing to all-reduce, and a Ray Train worker group would cost each
+trial 10-20 s of start-up here for nothing: the Tune trial trains in its own actor
+(:class:`raymlops.train._keras_worker.LocalRun`), one Tune step per epoch, reading the Datasets
+with ``iter_batches``. Checkpoints, metrics and resume work the same way for both.
+
+Tune follows the Ray Train V2 pattern for N workers: each trial builds and runs its own
+``TensorflowTrainer`` and forwards every epoch's report (validation metric and checkpoint path) to
+Tune, so ASHA can stop weak trials early (:class:`raymlops.train._trial.TrainRunTrial`). Resources
 are planned so that the trials that run at once, times their workers, fit the cluster with room
 left for Ray Data: on a 2-core laptop the workers get fractional CPUs instead of waiting forever
 for whole ones.
@@ -22,28 +26,29 @@ TensorFlow is imported lazily: importing this module costs no TensorFlow start-u
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import ray
 from ray import tune
 
 from raymlops.config import ModelConfig, TuneConfig
 from raymlops.model.keras import KerasParams, KerasTrainingParams
-from raymlops.train.base import TrainedModel, TrainingData
-from raymlops.train.tune import (
-    TrainingError,
-    iter_results,
-    resolve_metric,
-    run_search,
-    summarize_trials,
-    trial_concurrency,
+from raymlops.train._trial import (
+    ResourcePlan,
+    TrainRunTrial,
+    abs_storage,
+    best_result,
+    checkpoint_uri,
+    fast_report_polling,
+    final_reports,
+    plan_resources,
+    release_placement_groups,
 )
+from raymlops.train.base import TrainedModel, TrainingData
+from raymlops.train.tune import TrainingError, iter_results, resolve_metric, run_search, summarize_trials
 
 __all__ = [
     "KERAS_FILE",
@@ -54,85 +59,28 @@ __all__ = [
     "model_spec",
     "plan_keras_resources",
     "train_keras_distributed",
+    "train_keras_local",
     "train",
 ]
 
 KERAS_FILE = "model.keras"
-RESERVE_CPUS = 0.5  # left free for Ray Data (split coordinator, reads) so training never starves it
-TRIAL_DRIVER_CPUS = 0.1  # the Tune trial only launches and watches its Train run
-MAX_CPUS_PER_WORKER = 8
-STOP_TIMEOUT_S = 300.0  # how long a stopped trial waits for its Train run to end after its epoch
-
-
-@dataclass
-class KerasPlan:
-    """How one Keras model entry uses the cluster: per worker, per trial and across trials."""
-
-    workers: int
-    use_gpu: bool
-    cpus_per_worker: float
-    gpus_per_worker: float
-    threads: int
-    trial_cpus: float
-    max_concurrent: int
+KerasPlan = ResourcePlan  # the name this module used before the plan was shared with XGBoost
 
 
 @dataclass
 class KerasRun:
-    """The outcome of one Ray Train run: its last metrics and its last epoch checkpoint."""
+    """The outcome of one training run: its last metrics and its last epoch checkpoint."""
 
     metrics: dict[str, Any]
     checkpoint_path: str | None
     run_path: str | None = None
 
 
-def _cluster_total(resource: str) -> float:
-    return float(ray.cluster_resources().get(resource, 0.0)) if ray.is_initialized() else 0.0
-
-
-def _resolve_gpu(use_gpu: bool | str, workers: int) -> bool:
-    """``auto``: GPUs when the cluster has one per worker, else CPU (never wait for absent GPUs)."""
-    if use_gpu == "auto":
-        return _cluster_total("GPU") >= workers
-    return bool(use_gpu)
-
-
 def plan_keras_resources(
     workers: int, use_gpu: bool | str = "auto", tune_cfg: TuneConfig | None = None
-) -> KerasPlan:
-    """Size workers and trial concurrency so trials x workers fit the cluster and Ray Data still runs.
-
-    Whole CPUs per worker when the cluster has them for every trial that should run at once;
-    otherwise fractional CPUs (down to 0.1) so that at least one trial starts on a small machine:
-    2 workers x 1 CPU on a 2-CPU box leave Ray Data nothing and the run hangs.
-    """
-    total = _cluster_total("CPU") or float(os.cpu_count() or 1)
-    gpu = _resolve_gpu(use_gpu, workers)
-    avail = max(total - RESERVE_CPUS, 0.2)
-    wanted = 1
-    if tune_cfg is not None:
-        wanted = min(tune_cfg.num_samples, tune_cfg.max_concurrent_trials or tune_cfg.num_samples)
-    per_worker = (avail / wanted - TRIAL_DRIVER_CPUS) / workers
-    if per_worker >= 1:
-        per_worker = float(min(math.floor(per_worker), MAX_CPUS_PER_WORKER))
-    else:
-        per_worker = min(1.0, (avail - TRIAL_DRIVER_CPUS) / workers)
-        per_worker = max(0.1, math.floor(per_worker * 20) / 20)
-    trial_cpus = TRIAL_DRIVER_CPUS + workers * per_worker
-    concurrency = 1
-    if tune_cfg is not None:
-        concurrency = trial_concurrency(tune_cfg, trial_cpus, reserve_cpus=RESERVE_CPUS)
-        if gpu:
-            concurrency = max(1, min(concurrency, int(_cluster_total("GPU") // workers)))
-    return KerasPlan(
-        workers=workers,
-        use_gpu=gpu,
-        cpus_per_worker=per_worker,
-        gpus_per_worker=1.0 if gpu else 0.0,
-        threads=max(1, int(per_worker)),
-        trial_cpus=TRIAL_DRIVER_CPUS,
-        max_concurrent=concurrency,
-    )
+) -> ResourcePlan:
+    """The resource plan of a Keras entry; a one-worker entry trains inside its trials' actors."""
+    return plan_resources(workers, use_gpu, tune_cfg, in_trial=workers == 1)
 
 
 def model_spec(
@@ -175,10 +123,6 @@ def _params(model_cfg: ModelConfig, overrides: dict[str, Any] | None = None) -> 
     return cls.model_validate({**model_cfg.params, **(overrides or {})})
 
 
-def _abs_storage(storage_path: str) -> str:
-    return storage_path if "://" in storage_path else os.path.abspath(storage_path)
-
-
 def train_keras_distributed(
     params: KerasTrainingParams,
     data: TrainingData,
@@ -195,6 +139,7 @@ def train_keras_distributed(
     callbacks: list[Any] | None = None,
     stop_flag: Any = None,
     spec: dict[str, Any] | None = None,
+    steps_per_execution: int | None = None,
 ) -> KerasRun:
     """One data-parallel Ray Train run of the MLP; every epoch reports and checkpoints.
 
@@ -214,6 +159,8 @@ def train_keras_distributed(
         callbacks: extra Ray Train ``UserCallback``s (they run in the Train controller).
         stop_flag: an actor with ``is_set()``; when set, the workers end the run after the current
             epoch, so the run finishes normally and releases its placement group.
+        spec: the network's spec (default: the built-in MLP's from ``params``).
+        steps_per_execution: optimizer steps per compiled call (default 32).
 
     Returns:
         The last reported metrics (rank 0) and the last epoch checkpoint's path.
@@ -236,15 +183,8 @@ def train_keras_distributed(
 
         callbacks.append(TuneReportCallback())
     spec = spec or model_spec(params, data)
-    loop_config = {
-        "spec": spec,
-        "learning_rate": float(params.learning_rate),
-        "batch_size": int(params.batch_size),
-        "epochs": int(params.epochs),
-        "threads": int(threads or max(1, int(cpus))),
-        "trace_dir": trace_dir,
-        "stop_flag": stop_flag,
-    }
+    loop_config = _loop_config(params, spec, threads or max(1, int(cpus)), steps_per_execution)
+    loop_config.update(trace_dir=trace_dir, stop_flag=stop_flag)
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -253,7 +193,7 @@ def train_keras_distributed(
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=_abs_storage(storage_path),
+            storage_path=abs_storage(storage_path),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks or None,
@@ -266,20 +206,13 @@ def train_keras_distributed(
         },
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    result = trainer.fit()
+    with fast_report_polling():
+        result = trainer.fit()
     return KerasRun(
         metrics=dict(result.metrics or {}),
         checkpoint_path=checkpoint_uri(result.checkpoint) if result.checkpoint is not None else None,
         run_path=str(result.path) if getattr(result, "path", None) else None,
     )
-
-
-def checkpoint_uri(checkpoint: Any) -> str:
-    """A checkpoint's location as a path (local storage) or a URI (``s3://...``) that loads anywhere."""
-    fs = getattr(checkpoint, "filesystem", None)
-    scheme = getattr(fs, "type_name", "local") if fs is not None else "local"
-    path = str(checkpoint.path)
-    return path if scheme == "local" or "://" in path else f"{scheme}://{path}"
 
 
 def load_keras_checkpoint(path: str) -> Any:
@@ -292,49 +225,64 @@ def load_keras_checkpoint(path: str) -> Any:
         return load_model_from_checkpoint_dir(Path(folder))
 
 
-class _StopFlag:
-    """Set by a Tune trial that is being stopped; read by rank 0 once per epoch."""
+def train_keras_local(
+    params: KerasTrainingParams,
+    data: TrainingData,
+    *,
+    storage_path: str,
+    name: str,
+    threads: int | None = None,
+    spec: dict[str, Any] | None = None,
+    steps_per_execution: int | None = None,
+) -> KerasRun:
+    """One world-size-1 run in this process: what a ``workers: 1`` trial runs, without Tune.
 
-    def __init__(self) -> None:
-        self._set = False
-
-    def set(self) -> None:
-        self._set = True
-
-    def is_set(self) -> bool:
-        return self._set
-
-
-_StopFlagActor: Any = ray.remote(num_cpus=0)(_StopFlag)
-_DONE = "__raymlops_train_run_done__"
-
-
-def _forward_reports_callback(queue: Any) -> Any:
-    """A Ray Train ``UserCallback`` (built lazily: ray.train is heavy) that forwards rank 0's reports."""
-    from ray.train import UserCallback
-
-    class _ForwardReports(UserCallback):  # type: ignore[misc]
-        def __init__(self, q: Any) -> None:
-            self._queue = q
-
-        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-            item = dict(metrics[0])
-            item["checkpoint_path"] = checkpoint_uri(checkpoint) if checkpoint is not None else None
-            self._queue.put(item)
-
-    return _ForwardReports(queue)
-
-
-class _KerasTrial(tune.Trainable):
-    """One Tune trial: a Ray Train run for the sampled params, one Tune step per epoch.
-
-    The Train V2 pattern (the trial launches a ``TensorflowTrainer``), as a class rather than a
-    function trainable for one reason: a stopped *function* trial is torn down at once, which kills
-    its Train controller before it can release its placement group (its own cleaner needs the
-    dashboard), and the leaked CPUs starve every later trial. Here :meth:`cleanup` (and
-    :meth:`reset_config`, when Tune reuses the actor) asks the workers to stop after the current
-    epoch and waits for the run to end normally.
+    Args:
+        params: the network and optimizer settings.
+        data: training and validation rows, streamed from their Datasets.
+        storage_path: where the run keeps its checkpoints (``<storage_path>/<name>``).
+        name: the run's name; the same (storage_path, name) resumes an interrupted run.
+        threads: TensorFlow intra-op threads (only before TensorFlow started in this process).
+        spec: the network's spec (default: the built-in MLP's from ``params``).
+        steps_per_execution: optimizer steps per compiled call (default 32).
     """
+    from raymlops.train._keras_worker import LocalRun
+
+    run_dir = f"{abs_storage(storage_path).rstrip('/')}/{name}"
+    run = LocalRun(
+        _loop_config(params, spec or model_spec(params, data), threads, steps_per_execution),
+        data.train,
+        data.val,
+        run_dir,
+    )
+    metrics: dict[str, Any] = {}
+    try:
+        while not run.done:
+            metrics = run.next_epoch()
+    finally:
+        run.close()
+    if not metrics and run.state:
+        metrics = run.next_epoch()
+    return KerasRun(metrics=metrics, checkpoint_path=metrics.get("checkpoint_path"), run_path=run_dir)
+
+
+def _loop_config(
+    params: KerasTrainingParams, spec: dict[str, Any], threads: int | None, steps_per_execution: int | None
+) -> dict[str, Any]:
+    return {
+        "spec": spec,
+        "learning_rate": float(params.learning_rate),
+        "batch_size": int(params.batch_size),
+        "epochs": int(params.epochs),
+        "threads": int(threads or 1),
+        "steps_per_execution": steps_per_execution,
+    }
+
+
+class _KerasTrial(TrainRunTrial):
+    """One Tune trial of an N-worker entry: a Ray Train run for the sampled params, one step per epoch."""
+
+    progress_key = "epoch"
 
     def setup(  # type: ignore[override]
         self,
@@ -352,22 +300,12 @@ class _KerasTrial(tune.Trainable):
         self._plan = plan
         self._max_failures = max_failures
         self._train_storage = train_storage
-        self._thread: Any = None
-        self._start(config)
+        self._start_run(config)
 
-    def _start(self, config: dict[str, Any]) -> None:
-        import threading
-
-        from ray.util.queue import Queue
-
+    def _prepare(self, config: dict[str, Any]) -> tuple[Callable[[dict[str, Any]], Any], int]:
         params = _params(self._model_cfg, config)
         spec = model_spec(params, self._data, builder=self._model_cfg.builder, base_dir=self._base_dir)
-        self._epochs = int(params.epochs)
-        self._queue = Queue(actor_options={"num_cpus": 0})
-        self._flag = _StopFlagActor.remote()
-        self._error: BaseException | None = None
-        self._last: dict[str, Any] = {}
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "workers": int(self._plan["workers"]),
             "use_gpu": bool(self._plan["use_gpu"]),
             "max_failures": self._max_failures,
@@ -377,52 +315,57 @@ class _KerasTrial(tune.Trainable):
             "report_to_tune": False,
             "cpus_per_worker": float(self._plan["cpus_per_worker"]),
             "threads": int(self._plan["threads"]),
-            "callbacks": [_forward_reports_callback(self._queue)],
-            "stop_flag": self._flag,
             "spec": spec,
         }
-        self._thread = threading.Thread(
-            target=self._run,
-            args=(params, self._data, kwargs, self._queue),
-            name="raymlops-keras-train",
-            daemon=True,
-        )
-        self._thread.start()
 
-    def _run(
-        self, params: KerasTrainingParams, data: TrainingData, kwargs: dict[str, Any], queue: Any
+        def run(extra: dict[str, Any]) -> Any:
+            return train_keras_distributed(params, self._data, **kwargs, **extra)
+
+        return run, int(params.epochs)
+
+
+class _LocalKerasTrial(tune.Trainable):
+    """One Tune trial of a one-worker entry, trained in this trial's actor: one Tune step per epoch.
+
+    No worker group to start (the 10-20 s that made ASHA lose to FIFO here) and none to release:
+    Tune stops the trial between two epochs. A restored trial resumes from its newest checkpoint in
+    ``<train_storage>/train_<trial_id>``, where Ray Train runs keep theirs too.
+    """
+
+    def setup(  # type: ignore[override]
+        self,
+        config: dict[str, Any],
+        data: TrainingData,
+        model_cfg: ModelConfig,
+        plan: dict[str, Any],
+        max_failures: int,
+        train_storage: str,
+        base_dir: str | None = None,
     ) -> None:
-        try:
-            train_keras_distributed(params, data, **kwargs)
-        except BaseException as err:  # surfaced by step()
-            self._error = err
-        finally:
-            queue.put(_DONE)
+        self._data = data
+        self._model_cfg = model_cfg
+        self._base_dir = base_dir
+        self._plan = plan
+        self._train_storage = train_storage
+        self._last: dict[str, Any] = {}
+        self._start(config)
 
-    def _stop_run(self) -> None:
-        """Ask the running Train run to end after its epoch and wait until it has (bounded)."""
-        if self._thread is None:
-            return
-        # If the flag actor is gone, the workers see that and stop on their own.
-        with contextlib.suppress(Exception):
-            ray.get(self._flag.set.remote(), timeout=30)
-        self._thread.join(timeout=STOP_TIMEOUT_S)
-        self._thread = None
+    def _start(self, config: dict[str, Any]) -> None:
+        from raymlops.train._keras_worker import LocalRun
+
+        params = _params(self._model_cfg, config)
+        spec = model_spec(params, self._data, builder=self._model_cfg.builder, base_dir=self._base_dir)
+        loop_config = _loop_config(params, spec, int(self._plan["threads"]), None)
+        run_dir = f"{self._train_storage.rstrip('/')}/train_{self.trial_id}"
+        self._run = LocalRun(loop_config, self._data.train, self._data.val, run_dir)
 
     def step(self) -> dict[str, Any]:
-        item = self._queue.get()
-        if item == _DONE:
-            if self._error is not None:
-                raise self._error
-            return {**self._last, "done": True}
-        self._last = item
-        if int(item.get("epoch", 0)) >= self._epochs:
-            return {**item, "done": True}
-        return item
+        metrics = self._run.next_epoch()
+        self._last = metrics
+        return {**metrics, "done": self._run.done}
 
     def save_checkpoint(self, checkpoint_dir: str) -> dict[str, Any]:
-        """Tune's own checkpoint holds only the last report: the model state lives in the Train run's
-        checkpoints, which a restored trial resumes from by itself."""
+        """Only the last report: the model lives in the run's own checkpoints (resumed by setup)."""
         return {"last": self._last}
 
     def load_checkpoint(self, checkpoint: Any) -> None:
@@ -430,122 +373,13 @@ class _KerasTrial(tune.Trainable):
             self._last = dict(checkpoint.get("last") or {})
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
-        """Reuse this actor for the next trial (``reuse_actors``): end the old run, start the new one."""
-        self._stop_run()
+        """Reuse this actor (and its TensorFlow start-up) for the next trial."""
+        self._run.close()
         self._start(new_config)
         return True
 
     def cleanup(self) -> None:
-        self._stop_run()
-
-
-def _release_placement_groups(results: Any) -> None:
-    """Remove placement groups that trials killed at the experiment's end left behind.
-
-    Tune gives trials only seconds to stop when an experiment ends (or is interrupted); a Train run
-    still shutting down then loses its controller, and its placement group stays reserved until the
-    driver exits, which would starve the next model's training. Every trial reports the placement
-    group its workers ran in; none of them is in use once the search has returned.
-    """
-    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
-
-    try:
-        table = placement_group_table()
-    except Exception:
-        return
-    for result in iter_results(results):
-        pg_hex = (result.metrics or {}).get("placement_group")
-        info = table.get(pg_hex) if isinstance(pg_hex, str) else None
-        if info is None or info.get("state") == "REMOVED":
-            continue
-        assert isinstance(pg_hex, str)
-        try:
-            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_hex))))
-        except Exception:  # noqa: S112 - already gone or not ours to remove
-            continue
-
-
-def _storage_fs(uri: str) -> tuple[Any, str]:
-    import pyarrow.fs as pafs
-
-    if "://" in uri:
-        fs, path = pafs.FileSystem.from_uri(uri)
-        return fs, path
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
-
-
-def _latest_checkpoint(run_dir: str) -> tuple[str, dict[str, Any]] | None:
-    """(path, state) of the newest epoch checkpoint of one Train run, read from storage."""
-    import pyarrow.fs as pafs
-
-    from raymlops.train._keras_worker import CKPT_STATE
-
-    fs, root = _storage_fs(run_dir)
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    except OSError:
-        return None
-    for info in sorted(
-        (i for i in infos if i.type == pafs.FileType.Directory), key=lambda i: i.path, reverse=True
-    ):
-        if not info.base_name.startswith("checkpoint_"):
-            continue
-        try:
-            with fs.open_input_stream(f"{info.path}/{CKPT_STATE}") as fh:
-                state: dict[str, Any] = json.loads(fh.read().decode())
-        except (OSError, ValueError):
-            continue
-        prefix = run_dir.split("://", 1)[0] + "://" if "://" in run_dir else ""
-        return prefix + info.path, state
-    return None
-
-
-def _final_reports(results: Any, train_storage: str) -> list[tuple[Any, dict[str, Any], str]]:
-    """(result, metrics, checkpoint path) of every trial's last model that still exists.
-
-    Normally that is Tune's last report and its checkpoint. A trial interrupted while its Train run
-    still finished an epoch or two has newer checkpoints than Tune saw, and the one Tune points to
-    may already be rotated away; then the run's newest checkpoint and the metrics stored in it are
-    used, so the metric and the model always belong together.
-    """
-    out = []
-    for result in iter_results(results):
-        m = dict(result.metrics or {})
-        path = m.get("checkpoint_path")
-        if isinstance(path, str) and _exists(path):
-            out.append((result, m, path))
-            continue
-        trial_id = m.get("trial_id") or (result.config or {}).get("trial_id")
-        latest = _latest_checkpoint(f"{train_storage.rstrip('/')}/train_{trial_id}") if trial_id else None
-        if latest is not None:
-            ckpt, state = latest
-            out.append((result, {**dict(state.get("metrics") or {}), "checkpoint_path": ckpt}, ckpt))
-    return out
-
-
-def _exists(path: str) -> bool:
-    import pyarrow.fs as pafs
-
-    fs, p = _storage_fs(path)
-    try:
-        return bool(fs.get_file_info(p).type != pafs.FileType.NotFound)
-    except OSError:
-        return False
-
-
-def _best_result(
-    finals: list[tuple[Any, dict[str, Any], str]], metric: str, mode: str
-) -> tuple[Any, dict[str, Any], str] | None:
-    """The trial whose last model scores best on the validation metric: its model is the candidate."""
-    scored = []
-    for entry in finals:
-        value = entry[1].get(metric)
-        if isinstance(value, int | float) and math.isfinite(value):
-            scored.append((float(value), entry))
-    if not scored:
-        return None
-    pick = max if mode == "max" else min
-    return pick(scored, key=lambda pair: pair[0])[1]
+        self._run.close()
 
 
 def _stopped_early(results: Any, model_cfg: ModelConfig) -> int:
@@ -589,9 +423,9 @@ def train(
     metric, mode = resolve_metric(tune_cfg, data.task)
     _params(model_cfg)  # fail before any Ray work on a bad params block
     plan = plan_keras_resources(model_cfg.workers, model_cfg.use_gpu, tune_cfg)
-    storage = _abs_storage(storage_path)
+    storage = abs_storage(storage_path)
     trainable = tune.with_parameters(
-        _KerasTrial,
+        _LocalKerasTrial if model_cfg.workers == 1 else _KerasTrial,
         data=data,
         model_cfg=model_cfg,
         plan=asdict(plan),
@@ -612,9 +446,9 @@ def train(
         experiment=experiment,
         resume=resume,
     )
-    _release_placement_groups(results)
+    release_placement_groups(results)
     train_storage = f"{storage.rstrip('/')}/{experiment}"
-    picked = _best_result(_final_reports(results, train_storage), metric, mode)
+    picked = best_result(final_reports(results, train_storage), metric, mode)
     if picked is None:
         errors = [str(r.error) for r in iter_results(results) if r.error]
         raise TrainingError(

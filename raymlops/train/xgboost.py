@@ -16,20 +16,17 @@ The best trial's last checkpoint is the candidate model: an ``xgboost.Booster``,
 :mod:`raymlops.model.xgboost`. Nothing is pickled.
 
 The Tune side (a class trainable that drives one Train run per trial, forwarding its reports, and
-the resource plan that keeps room for Ray Data on a 2-core machine) is the one Keras uses; see
-:mod:`raymlops.train.keras` for why it is built that way.
+the resource plan that keeps room for Ray Data on a 2-core machine) is shared with Keras; see
+:mod:`raymlops.train._trial` for why it is built that way.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,19 +46,18 @@ from raymlops.model.xgboost import (
     scores_from_output,
     tree_methods,
 )
-from raymlops.train.base import X_COLUMN, Y_COLUMN, TrainedModel, TrainingData
-from raymlops.train.keras import (
-    _DONE,
-    STOP_TIMEOUT_S,
-    _abs_storage,
-    _best_result,
-    _final_reports,
-    _forward_reports_callback,
-    _release_placement_groups,
-    _StopFlagActor,
+from raymlops.train._trial import (
+    STATE_FILE,
+    TrainRunTrial,
+    abs_storage,
+    best_result,
     checkpoint_uri,
-    plan_keras_resources,
+    fast_report_polling,
+    final_reports,
+    plan_resources,
+    release_placement_groups,
 )
+from raymlops.train.base import X_COLUMN, Y_COLUMN, TrainedModel, TrainingData
 from raymlops.train.tune import TrainingError, iter_results, resolve_metric, run_search, summarize_trials
 
 __all__ = [
@@ -77,9 +73,6 @@ __all__ = [
 #: At most this many reports (Tune steps) per trial: a report scores the validation split and
 #: writes a checkpoint, which costs more than a boosting round on small data.
 MAX_REPORTS = 20
-STATE_FILE = "state.json"  # the name Keras checkpoints use too, so the shared recovery code reads both
-POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
-POLL_INTERVAL_S = 0.2  # seconds between two reports the Train controller takes (Ray's default: 2)
 
 
 @dataclass
@@ -308,7 +301,7 @@ def train_xgboost_distributed(
 
     if data.n_train < workers:
         raise TrainingError(f"{data.n_train} training rows cannot be split across {workers} workers")
-    plan = plan_keras_resources(workers, use_gpu)
+    plan = plan_resources(workers, use_gpu)
     _check_device(plan.use_gpu, {params.tree_method})
     cpus = float(cpus_per_worker if cpus_per_worker is not None else plan.cpus_per_worker)
     resources: dict[str, float] = {"CPU": cpus, **({"GPU": 1.0} if plan.use_gpu else {})}
@@ -331,7 +324,7 @@ def train_xgboost_distributed(
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=_abs_storage(storage_path),
+            storage_path=abs_storage(storage_path),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks or None,
@@ -339,32 +332,13 @@ def train_xgboost_distributed(
         datasets={"train": data.train, "val": data.val},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    with _fast_report_polling():
+    with fast_report_polling():
         result = trainer.fit()
     return XGBoostRun(
         metrics=dict(result.metrics or {}),
         checkpoint_path=checkpoint_uri(result.checkpoint) if result.checkpoint is not None else None,
         run_path=str(result.path) if getattr(result, "path", None) else None,
     )
-
-
-@contextlib.contextmanager
-def _fast_report_polling() -> Iterator[None]:
-    """Let the Train controller take reports every :data:`POLL_INTERVAL_S` instead of every 2 s.
-
-    The controller takes one report per worker per poll and a worker blocks on its next report
-    until then; boosting rounds take milliseconds, so at Ray's default a 20-report run would wait
-    40 s. Ray passes this variable from the process that calls ``fit`` to the controller it starts;
-    a value the user set is kept.
-    """
-    if POLL_ENV in os.environ:
-        yield
-        return
-    os.environ[POLL_ENV] = str(POLL_INTERVAL_S)
-    try:
-        yield
-    finally:
-        os.environ.pop(POLL_ENV, None)
 
 
 def load_booster_checkpoint(path: str) -> Any:
@@ -380,13 +354,15 @@ def load_booster_checkpoint(path: str) -> Any:
 # ---- Tune ----------------------------------------------------------------------------------------
 
 
-class _XGBoostTrial(tune.Trainable):
+class _XGBoostTrial(TrainRunTrial):
     """One Tune trial: a Ray Train run for the sampled params, one Tune step per report.
 
-    A class trainable for the reason :class:`raymlops.train.keras._KerasTrial` is one: a stopped
-    trial asks its Train run to end at the next report and waits for it, so the run releases its
-    placement group instead of leaking its workers' CPUs.
+    See :class:`raymlops.train._trial.TrainRunTrial`: a stopped trial asks its Train run to end at
+    the next report and waits for it, so the run releases its placement group instead of leaking
+    its workers' CPUs.
     """
+
+    progress_key = "rounds"
 
     def setup(  # type: ignore[override]
         self,
@@ -402,19 +378,11 @@ class _XGBoostTrial(tune.Trainable):
         self._plan = plan
         self._every = every
         self._train_storage = train_storage
-        self._thread: Any = None
-        self._start(config)
+        self._start_run(config)
 
-    def _start(self, config: dict[str, Any]) -> None:
-        from ray.util.queue import Queue
-
+    def _prepare(self, config: dict[str, Any]) -> tuple[Callable[[dict[str, Any]], Any], int]:
         params = _params(self._model_cfg, config)
-        self._rounds = int(params.num_boost_round)
-        self._queue = Queue(actor_options={"num_cpus": 0})
-        self._flag = _StopFlagActor.remote()
-        self._error: BaseException | None = None
-        self._last: dict[str, Any] = {}
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "workers": int(self._plan["workers"]),
             "use_gpu": bool(self._plan["use_gpu"]),
             "storage_path": self._train_storage,
@@ -424,58 +392,12 @@ class _XGBoostTrial(tune.Trainable):
             "max_failures": self._model_cfg.max_failures,
             "cpus_per_worker": float(self._plan["cpus_per_worker"]),
             "threads": int(self._plan["threads"]),
-            "callbacks": [_forward_reports_callback(self._queue)],
-            "stop_flag": self._flag,
         }
-        self._thread = threading.Thread(
-            target=self._run, args=(params, kwargs, self._queue), name="raymlops-xgboost-train", daemon=True
-        )
-        self._thread.start()
 
-    def _run(self, params: XGBoostParams, kwargs: dict[str, Any], queue: Any) -> None:
-        try:
-            train_xgboost_distributed(params, self._data, **kwargs)
-        except BaseException as err:  # surfaced by step()
-            self._error = err
-        finally:
-            queue.put(_DONE)
+        def run(extra: dict[str, Any]) -> Any:
+            return train_xgboost_distributed(params, self._data, **kwargs, **extra)
 
-    def _stop_run(self) -> None:
-        """Ask the running Train run to end at its next report and wait until it has (bounded)."""
-        if self._thread is None:
-            return
-        with contextlib.suppress(Exception):
-            ray.get(self._flag.set.remote(), timeout=30)
-        self._thread.join(timeout=STOP_TIMEOUT_S)
-        self._thread = None
-
-    def step(self) -> dict[str, Any]:
-        item = self._queue.get()
-        if item == _DONE:
-            if self._error is not None:
-                raise self._error
-            return {**self._last, "done": True}
-        self._last = item
-        if int(item.get("rounds", 0)) >= self._rounds:
-            return {**item, "done": True}
-        return dict(item)
-
-    def save_checkpoint(self, checkpoint_dir: str) -> dict[str, Any]:
-        """Only the last report: the booster lives in the Train run's checkpoints."""
-        return {"last": self._last}
-
-    def load_checkpoint(self, checkpoint: Any) -> None:
-        if isinstance(checkpoint, dict):
-            self._last = dict(checkpoint.get("last") or {})
-
-    def reset_config(self, new_config: dict[str, Any]) -> bool:
-        """Reuse this actor for the next trial (``reuse_actors``): end the old run, start the new one."""
-        self._stop_run()
-        self._start(new_config)
-        return True
-
-    def cleanup(self) -> None:
-        self._stop_run()
+        return run, int(params.num_boost_round)
 
 
 def _rounds_in_search(results: Any) -> int:
@@ -516,10 +438,10 @@ def train(
             f"model {model_cfg.name!r}: {data.n_train} training rows cannot be split across "
             f"{model_cfg.workers} workers"
         )
-    plan = plan_keras_resources(model_cfg.workers, model_cfg.use_gpu, tune_cfg)
+    plan = plan_resources(model_cfg.workers, model_cfg.use_gpu, tune_cfg)
     _check_device(plan.use_gpu, tree_methods(model_cfg))
     every = report_every(model_cfg)
-    storage = _abs_storage(storage_path)
+    storage = abs_storage(storage_path)
     train_storage = f"{storage.rstrip('/')}/{experiment}"
     trainable = tune.with_parameters(
         _XGBoostTrial,
@@ -542,8 +464,8 @@ def train(
         experiment=experiment,
         resume=resume,
     )
-    _release_placement_groups(results)
-    picked = _best_result(_final_reports(results, train_storage), metric, mode)
+    release_placement_groups(results)
+    picked = best_result(final_reports(results, train_storage), metric, mode)
     if picked is None:
         errors = [str(r.error) for r in iter_results(results) if r.error]
         raise TrainingError(

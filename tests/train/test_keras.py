@@ -153,10 +153,11 @@ def test_checkpoint_restores_weights_optimizer_state_and_epoch(tmp_path: Path) -
 
 
 def test_resource_plan_fits_trials_times_workers_into_the_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
-    from raymlops.train import keras as k
+    from raymlops.train import _trial as k
+    from raymlops.train.keras import plan_keras_resources
 
     def cluster(cpus: float, gpus: float = 0.0) -> None:
-        monkeypatch.setattr(k, "_cluster_total", lambda r: {"CPU": cpus, "GPU": gpus}.get(r, 0.0))
+        monkeypatch.setattr(k, "cluster_total", lambda r: {"CPU": cpus, "GPU": gpus}.get(r, 0.0))
         monkeypatch.setattr(k, "trial_concurrency", _concurrency(cpus))
 
     def _concurrency(total: float) -> Any:
@@ -168,24 +169,65 @@ def test_resource_plan_fits_trials_times_workers_into_the_cluster(monkeypatch: p
 
     # 2 cores (a laptop): 2 workers get fractional CPUs and leave room for Ray Data.
     cluster(2)
-    plan = k.plan_keras_resources(2, "auto", TuneConfig(num_samples=4))
+    plan = plan_keras_resources(2, "auto", TuneConfig(num_samples=4))
     assert plan.cpus_per_worker < 1 and not plan.use_gpu
     assert plan.max_concurrent * (plan.trial_cpus + 2 * plan.cpus_per_worker) <= 2 - k.RESERVE_CPUS + 1e-9
     # 4 logical CPUs: one 2-worker trial at a time, whole CPUs.
     cluster(4)
-    plan = k.plan_keras_resources(2, "auto", TuneConfig(num_samples=4))
+    plan = plan_keras_resources(2, "auto", TuneConfig(num_samples=4))
     assert (plan.cpus_per_worker, plan.max_concurrent) == (1.0, 1)
+    # 4 logical CPUs, 3 trials of 2 workers (the demo): all three at once on half a CPU per worker,
+    # so their worker groups start side by side instead of one after another.
+    plan = plan_keras_resources(2, "auto", TuneConfig(num_samples=3))
+    assert (plan.cpus_per_worker, plan.max_concurrent) == (0.5, 3)
+    assert plan.max_concurrent * (plan.trial_cpus + 2 * plan.cpus_per_worker) <= 4 - k.RESERVE_CPUS
     # 32 CPUs, 4 trials of 2 workers: all four run at once.
     cluster(32)
-    plan = k.plan_keras_resources(2, "auto", TuneConfig(num_samples=4))
+    plan = plan_keras_resources(2, "auto", TuneConfig(num_samples=4))
     assert plan.max_concurrent == 4 and plan.cpus_per_worker >= 1
     assert plan.max_concurrent * (plan.trial_cpus + 2 * plan.cpus_per_worker) <= 32
     # GPUs: `auto` uses them when there is one per worker, and they bound the concurrency.
     cluster(32, gpus=2)
-    plan = k.plan_keras_resources(2, "auto", TuneConfig(num_samples=4))
+    plan = plan_keras_resources(2, "auto", TuneConfig(num_samples=4))
     assert plan.use_gpu and plan.gpus_per_worker == 1 and plan.max_concurrent == 1
     cluster(32, gpus=1)
-    assert not k.plan_keras_resources(2, "auto").use_gpu
+    assert not plan_keras_resources(2, "auto").use_gpu
+    # One worker trains inside its trial: the trial itself reserves the worker's CPUs.
+    cluster(4)
+    plan = plan_keras_resources(1, "auto", TuneConfig(num_samples=4, max_concurrent_trials=2))
+    assert plan.trial_cpus == plan.cpus_per_worker == 1.0 and plan.max_concurrent == 2
+    assert plan.max_concurrent * plan.trial_cpus <= 4 - k.RESERVE_CPUS
+
+
+# --- one worker: trained in this process, no Ray Train worker group ----------------------------
+
+
+def test_one_worker_run_trains_in_process_and_resumes_from_its_checkpoint(
+    ray_session: Any, digits_data: Split, tmp_path: Path
+) -> None:
+    import ray
+
+    from raymlops.train.keras import load_keras_checkpoint, train_keras_local
+
+    groups_before = len(ray.util.placement_group_table())
+    params = KerasParams(hidden=[64, 32], epochs=2, batch_size=64, learning_rate=0.003)
+    first = train_keras_local(params, digits_data.data, storage_path=str(tmp_path), name="one")
+    assert first.metrics["epoch"] == 2 and first.metrics["world_size"] == 1
+    assert first.metrics["rows"] == len(digits_data.X_train)  # every row once per epoch
+    assert first.metrics["steps"] == -(-len(digits_data.X_train) // 64)  # one optimizer step per batch
+    assert first.checkpoint_path == str(tmp_path / "one" / "checkpoint_000002")
+
+    more = params.model_copy(update={"epochs": 5})
+    resumed = train_keras_local(more, digits_data.data, storage_path=str(tmp_path), name="one")
+    assert resumed.metrics["start_epoch"] == 2 and resumed.metrics["epoch"] == 5
+    kept = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert kept == ["checkpoint_000004", "checkpoint_000005"]
+    assert len(ray.util.placement_group_table()) == groups_before  # no worker group was started
+    model = load_keras_checkpoint(str(resumed.checkpoint_path))
+    scores = keras_scores(model, digits_data.X_val)
+    accuracy = compute_metrics("classification", digits_data.y_val, scores, 10)["accuracy"]
+    assert accuracy == pytest.approx(resumed.metrics["accuracy"], abs=1e-9)
+    assert accuracy > 0.9
 
 
 # --- Ray Train: 2 workers, one killed mid-run --------------------------------------------------
@@ -307,7 +349,10 @@ def test_asha_stops_the_weak_keras_trial_and_the_best_model_is_the_candidate(
         params={"hidden": [64, 32], "epochs": 4, "batch_size": 64},
         search={"learning_rate": {"choice": [0.01, 0.00001]}},
     )
-    tune_cfg = TuneConfig(num_samples=2, scheduler="asha", reduction_factor=2, seed=1)
+    # One trial at a time: the second reaches each rung after the first, so ASHA can compare them.
+    tune_cfg = TuneConfig(
+        num_samples=2, scheduler="asha", reduction_factor=2, seed=1, max_concurrent_trials=1
+    )
     trained = tune_keras(model_cfg, tune_cfg, digits_data.data, storage_path=str(tmp_path), experiment="asha")
 
     assert trained.kind == "keras" and trained.workers == 2
@@ -347,6 +392,11 @@ def _interrupt_when_one_trial_is_done(exp_dir: Path, stop: threading.Event, fire
         time.sleep(0.1)
 
 
+# A one-worker trial trains in its own actor at tens of epochs per second on these 480 rows: the
+# long trial needs enough epochs to still be midway when the test interrupts the search.
+LONG_EPOCHS = 200
+
+
 @pytest.mark.slow
 def test_interrupted_keras_search_resumes_without_rerunning_finished_trials(
     ray_session: Any, regression_data: Split, tmp_path: Path
@@ -358,7 +408,7 @@ def test_interrupted_keras_search_resumes_without_rerunning_finished_trials(
         kind="keras",
         workers=1,
         params={"hidden": [32], "batch_size": 32, "learning_rate": 0.01},
-        search={"epochs": {"choice": [2, 20]}},
+        search={"epochs": {"choice": [2, LONG_EPOCHS]}},
     )
     tune_cfg = TuneConfig(num_samples=2, scheduler="fifo", seed=1, max_concurrent_trials=1)
     exp_dir = tmp_path / "reg_search"
@@ -395,9 +445,9 @@ def test_interrupted_keras_search_resumes_without_rerunning_finished_trials(
         assert after[name] == lines, "a finished trial ran again"
     (long_name,) = set(after) - set(finished)
     last = after[long_name][-1]
-    assert last["done"] and last["epoch"] == 20
+    assert last["done"] and last["epoch"] == LONG_EPOCHS
     assert last["start_epoch"] > 0  # its Train run resumed from its checkpoint, not from epoch 0
-    assert {t["params"]["epochs"] for t in resumed.trials} == {2, 20}
+    assert {t["params"]["epochs"] for t in resumed.trials} == {2, LONG_EPOCHS}
     preds = keras_scores(resumed.estimator, regression_data.X_val)
     assert preds.shape == (len(regression_data.X_val),)
     rmse = compute_metrics("regression", regression_data.y_val, preds)["rmse"]

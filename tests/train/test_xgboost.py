@@ -155,7 +155,10 @@ def _search(data: TrainingData, scheduler: str, storage: Path) -> tuple[TrainedM
         params={"num_boost_round": ROUNDS, "max_depth": 4},
         search={"learning_rate": {"choice": [STRONG, WEAK]}},
     )
-    tune_cfg = TuneConfig(num_samples=2, scheduler=scheduler, seed=1, reduction_factor=2)
+    # One trial at a time: the second reaches each rung after the first, so ASHA can compare them.
+    tune_cfg = TuneConfig(
+        num_samples=2, scheduler=scheduler, seed=1, reduction_factor=2, max_concurrent_trials=1
+    )
     started = time.perf_counter()
     trained = train(model_cfg, tune_cfg, data, storage_path=str(storage), experiment=scheduler)
     return trained, time.perf_counter() - started
