@@ -133,7 +133,6 @@ def _train(work: Path, features: int, kinds: list[str], retrain: bool) -> dict[s
 def baseline(ref: str, store: str, input_dir: str, output_dir: str) -> dict[str, Any]:
     """The single-process baseline: pandas read, the model's preprocessing and predict, pandas write."""
     import pandas as pd
-
     from raymlops.bundle import ModelBundle
 
     started = time.perf_counter()

@@ -46,8 +46,8 @@ def run_bare(store: str, model: str, port: int) -> None:
     """A plain FastAPI app in this process: parse, check, score each request on its own."""
     import uvicorn
     from fastapi import FastAPI, Request, Response
-
     from raymlops.bundle import ModelBundle
+
     from raymlops.serve._protocols import (
         ClientError,
         encode_json,

@@ -401,4 +401,3 @@ def prepare(cfg: PipelineConfig, checked: CheckedSource) -> PreparedSource:
     prepared.stats = _train_stats(prepared.rows("train"), checked.schema)
     prepared.plan = fit_plan(cfg.preprocess, checked.schema, prepared.stats)
     return prepared
-
