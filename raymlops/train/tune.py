@@ -17,7 +17,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from raymlops.config import METRIC_MODES, ModelConfig, SearchSpace, TuneConfig
+from raymlops.config import ModelConfig, SearchSpace, TuneConfig, resolve_metric
 from raymlops.errors import UserError
 
 
@@ -54,12 +54,6 @@ def to_param_space(search: dict[str, SearchSpace]) -> dict[str, Any]:
     return space
 
 
-def resolve_metric(tune_cfg: TuneConfig, task: str) -> tuple[str, str]:
-    metric = tune_cfg.metric or ("accuracy" if task == "classification" else "rmse")
-    classification_only = {"accuracy", "f1_macro", "roc_auc", "log_loss"}
-    if (task == "classification") != (metric in classification_only):
-        raise UserError(f"tune.metric {metric!r} does not fit a {task} target")
-    return metric, tune_cfg.mode or METRIC_MODES[metric]
 
 
 def make_scheduler(tune_cfg: TuneConfig, max_t: int) -> TrialScheduler:
