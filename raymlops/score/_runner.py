@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,19 +25,22 @@ from typing import Any
 import pandas as pd
 import ray
 
+from raymlops import storage
 from raymlops.cluster import ClusterInfo, connect
 from raymlops.data.schema import TableSchema
-from raymlops.errors import RaymlopsError, UserError
+from raymlops.errors import ConflictError, RaymlopsError, UserError
 from raymlops.model import get_kind
 
 from ._output import (
     JOB_FILE,
+    LOCK_DIR,
     MANIFEST_FILE,
     OutputLocation,
     UnitResult,
     absolute_uri,
     clear_outputs,
     committed_units,
+    overlapping,
     read_job,
     reconcile,
     write_job,
@@ -199,6 +203,7 @@ def _prepare_output(
                     f"cannot resume into {out.uri}: the earlier job differs in {', '.join(diffs)}; "
                     "rerun with the same arguments, or start over with --overwrite"
                 )
+            plan.job_id = earlier.job_id  # the resumed job is the same job: its parts carry this id
             return True
         if not overwrite:
             raise ScoreError(
@@ -223,6 +228,40 @@ def _prepare_output(
     return False
 
 
+def _refuse_overlap(input_uri: str, out: OutputLocation, rej: OutputLocation) -> None:
+    """Outputs must not share files with the input: ``--overwrite`` there would delete input shards."""
+    for loc, option in ((out, "--output"), (rej, "--rejected")):
+        if overlapping(loc, input_uri):
+            raise ScoreError(
+                f"{option} {loc.uri} overlaps the input {input_uri} (one lies inside the other); "
+                "scored and rejected rows must go to a folder of their own"
+            )
+
+
+@contextmanager
+def _writer_locks(out: OutputLocation, rej: OutputLocation, model: str) -> Iterator[list[storage.LeaseLock]]:
+    """Hold the output's (and a separate rejected folder's) lease lock for the whole job.
+
+    A second ``score`` into the same output is refused at once instead of mixing its parts with
+    ours or deleting them with ``--overwrite``; a writer that dies leaves a lease that expires.
+    """
+    folders = [out] if rej.path.startswith(out.path.rstrip("/") + "/") else [out, rej]
+    owner = f"raymlops score of {model} ({socket.gethostname()}, pid {os.getpid()})"
+    locks: list[storage.LeaseLock] = []
+    try:
+        for loc in folders:
+            lock = storage.LeaseLock(loc.filesystem, loc.file(LOCK_DIR), timeout_s=0, owner=owner)
+            try:
+                lock.acquire()
+            except ConflictError as err:
+                raise ScoreError(f"another raymlops score is writing into {loc.uri}: {err}") from None
+            locks.append(lock)
+        yield locks
+    finally:
+        for lock in reversed(locks):
+            lock.release()
+
+
 def score(
     ref: str,
     input_uri: str,
@@ -239,6 +278,7 @@ def score(
     unit_rows: int = DEFAULT_UNIT_ROWS,
     address: str | None = None,
     progress: bool = True,
+    allow_legacy_pickle: bool = False,
 ) -> dict[str, Any]:
     """Score ``input_uri`` with a registered model and write Parquet shards to ``output_uri``.
 
@@ -257,13 +297,16 @@ def score(
         unit_rows: target rows per unit of work for Parquet input (whole row groups).
         address: Ray address (default ``$RAY_ADDRESS`` or an embedded local Ray).
         progress: draw a progress bar on stderr.
+        allow_legacy_pickle: load a version written with pickled model files by an older raymlops
+            (they can run code when loaded: only for stores you trust).
 
     Returns:
         The summary: rows_in, rows_scored, rows_rejected, seconds, rows_per_s, output, rejected, ...
 
     Raises:
         InputError: the input cannot be scored at all (a feature missing from every file, ...).
-        ScoreError: the job was refused (output exists, resume does not match).
+        ScoreError: the job was refused (output exists, resume does not match, the output or
+            rejected folder overlaps the input, another ``score`` is writing into the output).
         ScoreFailed: a unit failed or the counts on disk do not reconcile; nothing is marked done.
     """
     started = time.perf_counter()
@@ -273,6 +316,7 @@ def score(
     input_uri = absolute_uri(input_uri)
     out = OutputLocation.of(output_uri)
     rej = OutputLocation.of(rejected_uri or f"{out.uri.rstrip('/')}/_rejected")
+    _refuse_overlap(input_uri, out, rej)
     plan, layout = plan_job(
         model=model,
         input_uri=input_uri,
@@ -283,66 +327,83 @@ def score(
         rejected=rej.uri,
         unit_rows=unit_rows,
     )
-    resumed = _prepare_output(plan, out, rej, resume, overwrite)
-    done = committed_units(out, plan) if resumed else {}
-    pending = [u for u in plan.units if u.index not in done]
-    for loc in (out, rej):
-        loc.clear_tmp()  # files of attempts that died; their units are not committed and run again
-    scored_now: list[UnitResult] = []
-    size = PoolSize(0, 0.0, 0.0)
-    if pending:  # Ray only starts once the job is known to be valid and to have work left
-        cluster = connect(address)
-        pending_rows = None if plan.known_rows is None else sum(u.rows or 0 for u in pending)
-        size = pool_size(cluster, kind, len(pending), workers, pending_rows)
-        cfg = WorkerConfig(
-            model=model,
-            store=store_uri,
-            kind=kind,
-            keep=plan.keep,
-            unknown_category=unknown_category,
-            layout=layout,
-            out=out,
-            rejected=rej,
-            batch_rows=batch_rows,
-            threads=max(1, math.ceil(size.cpus_per_actor)),
-            unit_delay_s=float(os.environ.get(UNIT_DELAY_ENV, "0") or 0),
-        )
-        scored_now = _run_units(cfg, pending, size, progress, pending_rows)
-    rec = reconcile(plan, out, rej)
-    if not rec.ok:
-        raise ScoreFailed(
-            "scoring did not reconcile, so the job is not marked done: "
-            + "; ".join(rec.problems[:10])
-            + (f" (and {len(rec.problems) - 10} more)" if len(rec.problems) > 10 else "")
-        )
-    for loc in (out, rej):
-        loc.clear_tmp()
-    seconds = time.perf_counter() - started
-    rows_now = sum(r.rows_in for r in scored_now)
-    summary: dict[str, Any] = {
-        "model": model,
-        "input": input_uri,
-        "output": out.uri,
-        "rejected": rej.uri,
-        "rows_in": rec.rows_in,
-        "rows_scored": rec.rows_scored,
-        "rows_rejected": rec.rows_rejected,
-        "seconds": round(seconds, 3),
-        "rows_per_s": round(rows_now / seconds, 1) if seconds > 0 else None,
-        "rows_this_run": rows_now,
-        "units": len(plan.units),
-        "units_resumed": len(done),
-        "scored_files": rec.scored_files,
-        "rejected_files": rec.rejected_files,
-        "workers": size.actors,
-        "cpus_per_worker": size.cpus_per_actor,
-        "gpus_per_worker": size.gpus_per_actor,
-        "resumed": resumed,
-        "reconciled": True,
-    }
-    write_manifest(out, {**summary, "job": f"{out.uri.rstrip('/')}/{JOB_FILE}", **rec.to_dict()})
-    summary["manifest"] = f"{out.uri.rstrip('/')}/{MANIFEST_FILE}"
-    return summary
+    with _writer_locks(out, rej, model) as locks:
+        resumed = _prepare_output(plan, out, rej, resume, overwrite)
+        done, foreign = committed_units(out, plan) if resumed else ({}, [])
+        if foreign:
+            raise ScoreError(
+                f"cannot resume into {out.uri}: it holds parts of another job or model version ("
+                + "; ".join(foreign[:3])
+                + (f"; and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+                + "); start over with --overwrite or choose another output"
+            )
+        pending = [u for u in plan.units if u.index not in done]
+        for loc in (out, rej):
+            loc.clear_tmp()  # files of attempts that died; their units are not committed and run again
+        scored_now: list[UnitResult] = []
+        size = PoolSize(0, 0.0, 0.0)
+        if pending:  # Ray only starts once the job is known to be valid and to have work left
+            cluster = connect(address)
+            pending_rows = None if plan.known_rows is None else sum(u.rows or 0 for u in pending)
+            size = pool_size(cluster, kind, len(pending), workers, pending_rows)
+            cfg = WorkerConfig(
+                model=model,
+                store=store_uri,
+                kind=kind,
+                keep=plan.keep,
+                unknown_category=unknown_category,
+                layout=layout,
+                out=out,
+                rejected=rej,
+                batch_rows=batch_rows,
+                threads=max(1, math.ceil(size.cpus_per_actor)),
+                unit_delay_s=float(os.environ.get(UNIT_DELAY_ENV, "0") or 0),
+                job_id=plan.job_id,
+                allow_legacy_pickle=allow_legacy_pickle,
+            )
+            scored_now = _run_units(cfg, pending, size, progress, pending_rows)
+        rec = reconcile(plan, out, rej)
+        if not rec.ok:
+            raise ScoreFailed(
+                "scoring did not reconcile, so the job is not marked done: "
+                + "; ".join(rec.problems[:10])
+                + (f" (and {len(rec.problems) - 10} more)" if len(rec.problems) > 10 else "")
+            )
+        for loc in (out, rej):
+            loc.clear_tmp()
+        lost = [lock.path for lock in locks if lock.lost]
+        if lost:
+            raise ScoreFailed(
+                f"the writer's lock {lost[0]} expired while scoring (the process was paused for longer "
+                "than its lease), so another writer may have started: the job is not marked done; "
+                "rerun with --resume"
+            )
+        seconds = time.perf_counter() - started
+        rows_now = sum(r.rows_in for r in scored_now)
+        summary: dict[str, Any] = {
+            "model": model,
+            "input": input_uri,
+            "output": out.uri,
+            "rejected": rej.uri,
+            "rows_in": rec.rows_in,
+            "rows_scored": rec.rows_scored,
+            "rows_rejected": rec.rows_rejected,
+            "seconds": round(seconds, 3),
+            "rows_per_s": round(rows_now / seconds, 1) if seconds > 0 else None,
+            "rows_this_run": rows_now,
+            "units": len(plan.units),
+            "units_resumed": len(done),
+            "scored_files": rec.scored_files,
+            "rejected_files": rec.rejected_files,
+            "workers": size.actors,
+            "cpus_per_worker": size.cpus_per_actor,
+            "gpus_per_worker": size.gpus_per_actor,
+            "resumed": resumed,
+            "reconciled": True,
+        }
+        write_manifest(out, {**summary, "job": f"{out.uri.rstrip('/')}/{JOB_FILE}", **rec.to_dict()})
+        summary["manifest"] = f"{out.uri.rstrip('/')}/{MANIFEST_FILE}"
+        return summary
 
 
 def _run_units(
