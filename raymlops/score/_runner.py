@@ -113,16 +113,30 @@ def pool_size(
     return PoolSize(actors, round(cpus, 3), 0.0)
 
 
-def _load_schema(ref: str, store: str | None) -> tuple[str, str, str, TableSchema, list[str]]:
+def _load_schema(
+    ref: str, store: str | None, allow_legacy_pickle: bool
+) -> tuple[str, str, str, TableSchema, list[str]]:
     """Resolve the reference to one exact version and read its schema (verified, without loading the model).
 
     The driver never loads the estimator: Keras in the driver would hold GPU memory the actors need.
+    A version in the old pickled format is refused here, before any actor starts, unless allowed.
     """
-    from raymlops.model import output_columns
+    from raymlops.model import FEATURES_FILE, LEGACY_PICKLE_ENV, output_columns
     from raymlops.registry import ModelStore
 
     st = ModelStore(store)
     version, folder = st.fetch(ref)
+    allowed = allow_legacy_pickle or os.environ.get(LEGACY_PICKLE_ENV, "").strip().lower() in (
+        "1",
+        "true",
+        "yes",
+    )
+    if not (folder / FEATURES_FILE).exists() and (folder / "preprocessor.pkl").exists() and not allowed:
+        raise ScoreError(
+            f"{version.name}:{version.version} was written by an older raymlops with pickled model files, "
+            "which can run code when loaded; retrain it, or score it from a store you trust with "
+            f"--allow-legacy-pickle (or {LEGACY_PICKLE_ENV}=1)"
+        )
     schema = TableSchema.from_dict(json.loads((folder / "schema.json").read_text()))
     kind = str(version.metadata.get("kind", "random_forest"))
     outputs = output_columns(schema)
@@ -312,7 +326,7 @@ def score(
     started = time.perf_counter()
     if batch_rows < 1 or unit_rows < 1:
         raise ScoreError("batch_rows and unit_rows must be positive")
-    model, store_uri, kind, schema, outputs = _load_schema(ref, store)
+    model, store_uri, kind, schema, outputs = _load_schema(ref, store, allow_legacy_pickle)
     input_uri = absolute_uri(input_uri)
     out = OutputLocation.of(output_uri)
     rej = OutputLocation.of(rejected_uri or f"{out.uri.rstrip('/')}/_rejected")
