@@ -119,8 +119,11 @@ class CompiledForest:
 def compile_estimator(estimator: Any) -> CompiledForest:
     """The packed form of a fitted scikit-learn ``RandomForest*``/``ExtraTrees*`` (single output).
 
+    Missing values are not routed (a NaN goes left): callers pass finite rows only, see
+    :meth:`ForestPredictor.scores`.
+
     Raises:
-        ValueError: a multi-output forest, or trees that learned to route missing values.
+        ValueError: a multi-output forest.
     """
     trees = [e.tree_ for e in estimator.estimators_]
     if any(t.n_outputs != 1 for t in trees):
@@ -131,9 +134,6 @@ def compile_estimator(estimator: Any) -> CompiledForest:
     for tree in trees:
         n = tree.node_count
         leaf = tree.children_left == -1
-        missing = getattr(tree, "missing_go_to_left", None)
-        if missing is not None and bool(np.any(missing[~leaf])):
-            raise ValueError("trees that route missing values have no compiled form")
         packed = np.empty((n, 4), dtype=np.int32)
         packed[:, 0] = np.where(leaf, 0, tree.feature)
         thr = _float32_thresholds(np.where(leaf, np.inf, tree.threshold))

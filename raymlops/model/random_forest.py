@@ -168,7 +168,7 @@ class ForestPredictor(SklearnPredictor):
     def scores(self, X: np.ndarray) -> np.ndarray:
         if self.onnx is not None and len(X) <= ONNX_MAX_ROWS:
             return onnx_scores(self.onnx, X, self.task)
-        if self.compiled is not None:
+        if self.compiled is not None and np.isfinite(X).all():  # NaN routing stays scikit-learn's
             return self._all_classes(self.compiled.scores(X))
         return super().scores(X)
 
