@@ -58,6 +58,8 @@ DEFAULT_UNIT_ROWS = 500_000
 #: Fewer rows than this per actor and the actor's start-up costs more than it saves.
 MIN_ROWS_PER_ACTOR = 100_000
 UNIT_DELAY_ENV = "RAYMLOPS_SCORE_UNIT_DELAY_S"
+#: Lease of the output's writer lock: a killed writer keeps others out for at most this long.
+LOCK_LEASE_S = 10.0
 
 
 class ScoreError(UserError):
@@ -253,18 +255,28 @@ def _refuse_overlap(input_uri: str, out: OutputLocation, rej: OutputLocation) ->
 
 
 @contextmanager
-def _writer_locks(out: OutputLocation, rej: OutputLocation, model: str) -> Iterator[list[storage.LeaseLock]]:
+def _writer_locks(
+    out: OutputLocation, rej: OutputLocation, model: str, resume: bool
+) -> Iterator[list[storage.LeaseLock]]:
     """Hold the output's (and a separate rejected folder's) lease lock for the whole job.
 
     A second ``score`` into the same output is refused at once instead of mixing its parts with
-    ours or deleting them with ``--overwrite``; a writer that dies leaves a lease that expires.
+    ours or deleting them with ``--overwrite``. A writer that dies (even ``kill -9``) leaves a
+    lease that expires after :data:`LOCK_LEASE_S`; ``--resume`` waits that long for it, so a
+    resume right after a kill takes over instead of being refused.
     """
     folders = [out] if rej.path.startswith(out.path.rstrip("/") + "/") else [out, rej]
     owner = f"raymlops score of {model} ({socket.gethostname()}, pid {os.getpid()})"
     locks: list[storage.LeaseLock] = []
     try:
         for loc in folders:
-            lock = storage.LeaseLock(loc.filesystem, loc.file(LOCK_DIR), timeout_s=0, owner=owner)
+            lock = storage.LeaseLock(
+                loc.filesystem,
+                loc.file(LOCK_DIR),
+                LOCK_LEASE_S,
+                timeout_s=1.5 * LOCK_LEASE_S if resume else 0,
+                owner=owner,
+            )
             try:
                 lock.acquire()
             except ConflictError as err:
@@ -341,7 +353,7 @@ def score(
         rejected=rej.uri,
         unit_rows=unit_rows,
     )
-    with _writer_locks(out, rej, model) as locks:
+    with _writer_locks(out, rej, model, resume) as locks:
         resumed = _prepare_output(plan, out, rej, resume, overwrite)
         done, foreign = committed_units(out, plan) if resumed else ({}, [])
         if foreign:
