@@ -171,7 +171,7 @@ def test_a_resume_refuses_a_part_scored_by_another_model_version(model, tmp_path
     _interrupted(out, 0)
     part = out / "part-00001.parquet"
     table = pq.read_table(part)
-    meta = dict(table.schema.metadata)
+    meta = dict(pq.read_metadata(part).metadata)
     name = model.ref.split(":")[0]
     meta[b"raymlops.score.model"] = f"{name}:999".encode()  # as if an earlier attempt used v999
     pq.write_table(table.replace_schema_metadata(meta), part)
