@@ -46,10 +46,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True, help="URI of the rows to score (file or folder)")
     parser.add_argument("--output", required=True, help="URI to write the scored rows to")
     parser.add_argument("--store", help="model store URI; default $RAYMLOPS_STORE")
+    parser.add_argument("--rejected", help="URI for rejected rows (default <output>/_rejected)")
+    parser.add_argument("--resume", action="store_true", help="finish an interrupted job in OUTPUT")
+    parser.add_argument(
+        "--allow-legacy-pickle",
+        action="store_true",
+        help="load a version written with pickled files by an older raymlops (trusted stores only)",
+    )
     ns = parser.parse_args(argv)
     args = ["score", ns.ref, "--input", ns.input, "--output", ns.output]
     if ns.store:
         args += ["--store", ns.store]
+    if ns.rejected:
+        args += ["--rejected", ns.rejected]
+    if ns.resume:
+        args.append("--resume")
+    if ns.allow_legacy_pickle:
+        args.append("--allow-legacy-pickle")
     return run_cli(args)
 
 

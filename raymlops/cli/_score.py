@@ -37,6 +37,13 @@ def score(
     ] = None,
     batch_rows: Annotated[int, typer.Option("--batch-rows", help="Rows per batch inside an actor")] = 65_536,
     unit_rows: Annotated[int, typer.Option("--unit-rows", help="Rows per unit of work (Parquet)")] = 500_000,
+    allow_legacy_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--allow-legacy-pickle",
+            help="Load a version an older raymlops wrote with pickled files (runs code: trusted stores only)",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Score a large CSV/Parquet input with Ray Data; bad rows go to quarantine with a reason."""
@@ -63,6 +70,7 @@ def score(
                 unit_rows=unit_rows,
                 address=address,
                 progress=True,
+                allow_legacy_pickle=allow_legacy_pickle,
             )
         except ScoreFailed as err:
             if os.environ.get("RAYMLOPS_DEBUG"):

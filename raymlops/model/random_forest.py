@@ -1,15 +1,23 @@
-"""``kind: random_forest``: scikit-learn forests, fitted tree-parallel on Ray, with a compiled fast path.
+"""``kind: random_forest``: scikit-learn forests, fitted tree-parallel on Ray, with compiled fast paths.
 
-The forest is saved with skops (never pickled). At registration it is also compiled to ONNX and the
-compiled form is kept only when it reproduces scikit-learn's labels and probabilities (|dp| <= 1e-5)
-on the held-out rows; ``fast_path.json`` records the check. scikit-learn's ``predict_proba`` costs
-~9 ms per call here whatever the batch (joblib start-up), onnxruntime ~0.02 ms for one row, but
-scikit-learn's vectorised traversal wins on large batches, so ONNX serves batches up to 4096 rows.
+The forest is saved with skops (never pickled). At registration two compiled forms are checked
+against scikit-learn on the held-out rows, and each is used only when it reproduces scikit-learn's
+labels and probabilities (|dp| <= 1e-5) there; ``fast_path.json`` records both checks:
+
+* ONNX (``model.onnx``): scikit-learn's ``predict_proba`` costs ~9 ms per call here whatever the
+  batch (joblib start-up), onnxruntime ~0.02 ms for one row, so ONNX serves batches up to 4096 rows;
+* the packed numba traversal of :mod:`._forest_kernel` (no file: built from the estimator at load):
+  ~1.6x scikit-learn's rows/s on one core for large batches (batch scoring, large requests).
+
+``RAYMLOPS_FOREST_COMPILED=0`` turns the second off (scikit-learn scores large batches), e.g. to
+compare the two in ``benchmarks/batch_score.py``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,13 +29,27 @@ from ._schema import TableSchema
 from ._skops import load_estimator, save_estimator
 from .sklearn import SklearnPredictor
 
-__all__ = ["FAST_PATH_FILE", "KIND", "ONNX_FILE", "ForestParams", "compile_forest", "onnx_scores"]
+__all__ = [
+    "COMPILED_ENV",
+    "FAST_PATH_FILE",
+    "KIND",
+    "ONNX_FILE",
+    "ForestParams",
+    "ForestPredictor",
+    "check_compiled",
+    "compile_forest",
+    "onnx_scores",
+]
+
+log = logging.getLogger("raymlops")
 
 ONNX_FILE = "model.onnx"
 FAST_PATH_FILE = "fast_path.json"
 ONNX_MAX_ROWS = 4096
 PROBA_TOLERANCE = 1e-5
 _REGRESSION_RTOL = 1e-5
+#: Set to 0 to score large batches through scikit-learn even where the compiled traversal was verified.
+COMPILED_ENV = "RAYMLOPS_FOREST_COMPILED"
 
 
 class ForestParams(BaseModel):
@@ -76,18 +98,7 @@ def compile_forest(estimator: Any, task: str, check_X: np.ndarray) -> tuple[byte
     except Exception as err:  # noqa: BLE001 - the fast path is optional; say why it is off
         return None, {"onnx": False, "reason": f"conversion failed: {err}"}
     X = np.asarray(check_X, dtype=np.float32)
-    compiled = onnx_scores(session, X, task)
-    if task == "classification":
-        reference = estimator.predict_proba(X)
-        max_diff = float(np.abs(compiled - reference).max()) if len(X) else 0.0
-        same_labels = bool(np.array_equal(compiled.argmax(axis=1), reference.argmax(axis=1)))
-        ok = same_labels and max_diff <= PROBA_TOLERANCE
-    else:
-        reference = estimator.predict(X)
-        scale = float(np.abs(reference).max()) if len(X) else 1.0
-        max_diff = float(np.abs(compiled - reference).max()) if len(X) else 0.0
-        same_labels = True
-        ok = max_diff <= _REGRESSION_RTOL * max(scale, 1.0)
+    ok, max_diff, same_labels = _agrees(onnx_scores(session, X, task), estimator, task, X)
     report: dict[str, Any] = {
         "onnx": ok,
         "checked_rows": int(len(X)),
@@ -100,17 +111,98 @@ def compile_forest(estimator: Any, task: str, check_X: np.ndarray) -> tuple[byte
     return (model_bytes.SerializeToString() if ok else None), report
 
 
-class ForestPredictor(SklearnPredictor):
-    """scikit-learn for large batches, the verified ONNX form for small ones."""
+def _reference(estimator: Any, task: str, X: np.ndarray) -> np.ndarray:
+    if task == "classification":
+        return np.asarray(estimator.predict_proba(X), dtype=np.float64)
+    return np.asarray(estimator.predict(X), dtype=np.float64).reshape(-1)
 
-    def __init__(self, estimator: Any, task: str, n_classes: int, onnx: Any = None) -> None:
+
+def _agrees(candidate: np.ndarray, estimator: Any, task: str, X: np.ndarray) -> tuple[bool, float, bool]:
+    """(same within tolerance, max |difference|, same labels) of ``candidate`` and scikit-learn on ``X``."""
+    reference = _reference(estimator, task, X)
+    if candidate.shape != reference.shape:
+        return False, float("inf"), False
+    max_diff = float(np.abs(candidate - reference).max()) if len(X) else 0.0
+    if task == "classification":
+        same_labels = bool(np.array_equal(candidate.argmax(axis=1), reference.argmax(axis=1)))
+        return same_labels and max_diff <= PROBA_TOLERANCE, max_diff, same_labels
+    scale = float(np.abs(reference).max()) if len(X) else 1.0
+    return max_diff <= _REGRESSION_RTOL * max(scale, 1.0), max_diff, True
+
+
+def check_compiled(estimator: Any, task: str, check_X: np.ndarray) -> dict[str, Any]:
+    """The compiled traversal's agreement with scikit-learn on the held-out rows (for fast_path.json)."""
+    from . import _forest_kernel
+
+    if not _forest_kernel.available():
+        return {"ok": False, "reason": "numba is not installed"}
+    X = np.asarray(check_X, dtype=np.float32)
+    try:
+        forest = _forest_kernel.compile_estimator(estimator)
+        ok, max_diff, same_labels = _agrees(forest.scores(X), estimator, task, X)
+    except Exception as err:  # noqa: BLE001 - optional: say why it is off
+        return {"ok": False, "reason": f"compilation failed: {type(err).__name__}: {err}"}
+    report: dict[str, Any] = {
+        "ok": ok,
+        "engine": "numba",
+        "checked_rows": int(len(X)),
+        "max_abs_diff": max_diff,
+        "same_labels": same_labels,
+        "min_rows": ONNX_MAX_ROWS + 1,
+    }
+    if not ok:
+        report["reason"] = "compiled predictions differ from scikit-learn's on the held-out rows"
+    return report
+
+
+class ForestPredictor(SklearnPredictor):
+    """Verified ONNX for small batches; the verified compiled traversal (else scikit-learn) for large ones."""
+
+    def __init__(
+        self, estimator: Any, task: str, n_classes: int, onnx: Any = None, compiled: Any = None
+    ) -> None:
         super().__init__(estimator, task, n_classes)
         self.onnx = onnx
+        self.compiled = compiled
 
     def scores(self, X: np.ndarray) -> np.ndarray:
         if self.onnx is not None and len(X) <= ONNX_MAX_ROWS:
             return onnx_scores(self.onnx, X, self.task)
+        if self.compiled is not None and np.isfinite(X).all():  # NaN routing stays scikit-learn's
+            return self._all_classes(self.compiled.scores(X))
         return super().scores(X)
+
+    def _all_classes(self, scores: np.ndarray) -> np.ndarray:
+        """Probabilities over the schema's classes (a class absent from the training rows gets 0)."""
+        classes = getattr(self.estimator, "classes_", None)
+        if self.task != "classification" or classes is None or scores.shape[1] == self.n_classes:
+            return scores
+        full = np.zeros((len(scores), self.n_classes))
+        full[:, np.asarray(classes, dtype=np.int64)] = scores
+        return full
+
+
+def _load_compiled(estimator: Any, folder: Path) -> Any:
+    """The compiled traversal when registration verified it (and it is not turned off), else None."""
+    if os.environ.get(COMPILED_ENV, "1").strip().lower() in ("0", "false", "no"):
+        return None
+    try:
+        report = json.loads((folder / FAST_PATH_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not (
+        isinstance(report, dict) and isinstance(report.get("compiled"), dict) and report["compiled"].get("ok")
+    ):
+        return None
+    from . import _forest_kernel
+
+    if not _forest_kernel.available():
+        return None
+    try:
+        return _forest_kernel.compile_estimator(estimator)
+    except Exception:  # noqa: BLE001 - a broken optional fast path must never stop scoring
+        log.warning("the compiled forest of %s could not be built; scoring through scikit-learn", folder)
+        return None
 
 
 class RandomForestKind:
@@ -132,6 +224,7 @@ class RandomForestKind:
         if check_X is None:
             return SavedFiles(files)
         model_bytes, report = compile_forest(estimator, schema.task, check_X)
+        report["compiled"] = check_compiled(estimator, schema.task, check_X)
         (folder / FAST_PATH_FILE).write_text(json.dumps(report, indent=2))
         files.append(FAST_PATH_FILE)
         if model_bytes is not None:
@@ -150,7 +243,8 @@ class RandomForestKind:
                 onnx = _onnx_session(str(folder / ONNX_FILE))
             except Exception:  # noqa: BLE001 - a broken optional fast path must never stop serving
                 onnx = None
-        return ForestPredictor(estimator, schema.task, schema.n_classes, onnx)
+        compiled = _load_compiled(estimator, folder)
+        return ForestPredictor(estimator, schema.task, schema.n_classes, onnx, compiled)
 
 
 KIND = RandomForestKind()

@@ -31,6 +31,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raymlops.data.ingest import resolve_filesystem
+from raymlops.errors import ConflictError
 from raymlops.registry._fsutil import join_path, list_children, remove_quietly, write_json_atomic
 
 from ._plan import JobPlan, ScoreUnit
@@ -39,12 +40,17 @@ __all__ = [
     "JOB_FILE",
     "MANIFEST_FILE",
     "SUCCESS_FILE",
+    "JOB_METADATA_KEY",
+    "LOCK_DIR",
+    "MODEL_METADATA_KEY",
     "UNIT_METADATA_KEY",
     "OutputLocation",
     "Reconciliation",
     "UnitResult",
     "commit_unit",
     "committed_units",
+    "overlapping",
+    "part_metadata",
     "reconcile",
 ]
 
@@ -53,6 +59,11 @@ MANIFEST_FILE = "_manifest.json"
 SUCCESS_FILE = "_SUCCESS"
 TMP_DIR = "_tmp"
 UNIT_METADATA_KEY = "raymlops.score.unit"
+#: Footer keys naming the job (its ``job_id``) and the exact model version a part was written by.
+JOB_METADATA_KEY = "raymlops.score.job"
+MODEL_METADATA_KEY = "raymlops.score.model"
+#: The folder of the lease lock that keeps a second writer out of an output.
+LOCK_DIR = "_lock"
 _PART = re.compile(r"^part-(\d{5,})\.parquet$")
 _THREADS = 16
 
@@ -166,18 +177,51 @@ def _footers(fs: pafs.FileSystem, paths: dict[int, str]) -> dict[int, pq.FileMet
         return dict(pool.map(read, paths.items()))
 
 
-def committed_units(out: OutputLocation, plan: JobPlan) -> dict[int, UnitResult]:
-    """Units of ``plan`` whose scored file is in place with readable counts (what --resume skips)."""
+def part_metadata(job_id: str, model: str) -> dict[str, str]:
+    """The footer entries that tie a part file to its job and model version."""
+    return {JOB_METADATA_KEY: job_id, MODEL_METADATA_KEY: model}
+
+
+def _owner(md: pq.FileMetaData) -> tuple[str, str]:
+    meta = md.metadata or {}
+    job = meta.get(JOB_METADATA_KEY.encode(), b"").decode("utf-8", "replace")
+    model = meta.get(MODEL_METADATA_KEY.encode(), b"").decode("utf-8", "replace")
+    return job, model
+
+
+def _foreign(path: str, md: pq.FileMetaData, plan: JobPlan) -> str | None:
+    """Why ``path`` belongs to another job or model version than ``plan``'s, or None when it is ours."""
+    job, model = _owner(md)
+    if model != plan.model:
+        return f"{path} was written with model {model or '(unknown)'}, this job scores with {plan.model}"
+    if job != plan.job_id:
+        return f"{path} was written by another scoring job ({job or 'unknown'}, this job is {plan.job_id})"
+    return None
+
+
+def committed_units(out: OutputLocation, plan: JobPlan) -> tuple[dict[int, UnitResult], list[str]]:
+    """Units of ``plan`` whose scored file is in place with readable counts (what --resume skips).
+
+    Returns:
+        The committed units, and a description of every part that belongs to another job or model
+        version (a resume must refuse those rather than mix them into this job's output).
+    """
     planned = {u.index for u in plan.units}
     parts = {i: info.path for i, info in out.parts().items() if i in planned}
     done: dict[int, UnitResult] = {}
+    foreign: list[str] = []
     for index, md in _footers(out.filesystem, parts).items():
         if isinstance(md, Exception):
             continue
         result = _unit_result(md)
-        if result is not None and result.index == index:
-            done[index] = result
-    return done
+        if result is None or result.index != index:
+            continue
+        why = _foreign(parts[index], md, plan)
+        if why is not None:
+            foreign.append(why)
+            continue
+        done[index] = result
+    return done, foreign
 
 
 @dataclass
@@ -239,6 +283,10 @@ def reconcile(plan: JobPlan, out: OutputLocation, rej: OutputLocation) -> Reconc
         if result is None:
             problems.append(f"{scored_parts[index]} carries no unit counts (not written by raymlops score)")
             continue
+        why = _foreign(scored_parts[index], md, plan)
+        if why is not None:
+            problems.append(why)
+            continue
         results.append(result)
         if md.num_rows != result.scored:
             problems.append(
@@ -250,6 +298,9 @@ def reconcile(plan: JobPlan, out: OutputLocation, rej: OutputLocation) -> Reconc
             problems.append(f"{rejected_parts[index]} cannot be read: {rmd}")
         elif rmd is not None:
             n_rejected_file = rmd.num_rows
+            why = _foreign(rejected_parts[index], rmd, plan)
+            if why is not None:
+                problems.append(why)
         if n_rejected_file != result.rejected:
             problems.append(
                 f"unit {index}: {n_rejected_file} rejected rows on disk, its unit recorded {result.rejected}"
@@ -301,10 +352,47 @@ def write_job(out: OutputLocation, plan: JobPlan) -> None:
 
 
 def clear_outputs(out: OutputLocation, rej: OutputLocation) -> None:
-    """Remove what an earlier ``raymlops score`` wrote (parts, records, temporaries), nothing else."""
+    """Remove what an earlier ``raymlops score`` wrote (parts, records, temporaries), nothing else.
+
+    Every part is checked first: one whose footer lacks the counts ``raymlops score`` writes is not
+    ours (someone's data that happens to be named ``part-*.parquet``), and nothing is deleted.
+
+    Raises:
+        ConflictError: a part file was not written by ``raymlops score``.
+    """
+    for loc in (out, rej):
+        parts = {i: info.path for i, info in loc.parts().items()}
+        for index, md in _footers(loc.filesystem, parts).items():
+            if isinstance(md, Exception) or _unit_result(md) is None:
+                raise ConflictError(
+                    f"{parts[index]} was not written by raymlops score; refusing to delete it "
+                    "(choose an output folder of its own)"
+                )
     for loc in (out, rej):
         for info in loc.parts().values():
             loc.filesystem.delete_file(info.path)
         loc.clear_tmp()
     for name in (SUCCESS_FILE, MANIFEST_FILE, JOB_FILE):
         remove_quietly(out.filesystem, out.file(name))
+
+
+def _real_path(fs: pafs.FileSystem, path: str) -> str:
+    if isinstance(fs, pafs.LocalFileSystem):
+        return os.path.realpath(path)
+    return path.rstrip("/")
+
+
+def _within(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
+
+
+def overlapping(loc: OutputLocation, input_uri: str) -> bool:
+    """Whether an output folder and the input share files: one is the other or lies inside it.
+
+    Symbolic links are resolved on local disks; on object stores the bucket/key prefixes compare.
+    """
+    fs, path = resolve_filesystem(input_uri)
+    if fs.type_name != loc.filesystem.type_name:
+        return False
+    a, b = _real_path(loc.filesystem, loc.path), _real_path(fs, path)
+    return _within(a, b) or _within(b, a)

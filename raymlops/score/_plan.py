@@ -9,6 +9,7 @@ new plan (same model version, same input files, same options), so a rerun can ne
 
 from __future__ import annotations
 
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -86,6 +87,8 @@ class JobPlan:
     unknown_category: str
     rejected: str
     csv_types: dict[str, str] = field(default_factory=dict)
+    #: Names this job in every part it writes; kept by a resume, so parts of another job are told apart.
+    job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def known_rows(self) -> int | None:
@@ -107,6 +110,7 @@ class JobPlan:
             "unknown_category": self.unknown_category,
             "rejected": self.rejected,
             "csv_types": self.csv_types,
+            "job_id": self.job_id,
         }
 
     @classmethod
@@ -125,6 +129,7 @@ class JobPlan:
             unknown_category=data["unknown_category"],
             rejected=data["rejected"],
             csv_types=dict(data.get("csv_types", {})),
+            job_id=str(data.get("job_id") or ""),
         )
 
     def differences(self, other: JobPlan) -> list[str]:

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,19 +25,22 @@ from typing import Any
 import pandas as pd
 import ray
 
+from raymlops import storage
 from raymlops.cluster import ClusterInfo, connect
 from raymlops.data.schema import TableSchema
-from raymlops.errors import RaymlopsError, UserError
+from raymlops.errors import ConflictError, RaymlopsError, UserError
 from raymlops.model import get_kind
 
 from ._output import (
     JOB_FILE,
+    LOCK_DIR,
     MANIFEST_FILE,
     OutputLocation,
     UnitResult,
     absolute_uri,
     clear_outputs,
     committed_units,
+    overlapping,
     read_job,
     reconcile,
     write_job,
@@ -54,6 +58,8 @@ DEFAULT_UNIT_ROWS = 500_000
 #: Fewer rows than this per actor and the actor's start-up costs more than it saves.
 MIN_ROWS_PER_ACTOR = 100_000
 UNIT_DELAY_ENV = "RAYMLOPS_SCORE_UNIT_DELAY_S"
+#: Lease of the output's writer lock: a killed writer keeps others out for at most this long.
+LOCK_LEASE_S = 10.0
 
 
 class ScoreError(UserError):
@@ -109,16 +115,30 @@ def pool_size(
     return PoolSize(actors, round(cpus, 3), 0.0)
 
 
-def _load_schema(ref: str, store: str | None) -> tuple[str, str, str, TableSchema, list[str]]:
+def _load_schema(
+    ref: str, store: str | None, allow_legacy_pickle: bool
+) -> tuple[str, str, str, TableSchema, list[str]]:
     """Resolve the reference to one exact version and read its schema (verified, without loading the model).
 
     The driver never loads the estimator: Keras in the driver would hold GPU memory the actors need.
+    A version in the old pickled format is refused here, before any actor starts, unless allowed.
     """
-    from raymlops.model import output_columns
+    from raymlops.model import FEATURES_FILE, LEGACY_PICKLE_ENV, output_columns
     from raymlops.registry import ModelStore
 
     st = ModelStore(store)
     version, folder = st.fetch(ref)
+    allowed = allow_legacy_pickle or os.environ.get(LEGACY_PICKLE_ENV, "").strip().lower() in (
+        "1",
+        "true",
+        "yes",
+    )
+    if not (folder / FEATURES_FILE).exists() and (folder / "preprocessor.pkl").exists() and not allowed:
+        raise ScoreError(
+            f"{version.name}:{version.version} was written by an older raymlops with pickled model files, "
+            "which can run code when loaded; retrain it, or score it from a store you trust with "
+            f"--allow-legacy-pickle (or {LEGACY_PICKLE_ENV}=1)"
+        )
     schema = TableSchema.from_dict(json.loads((folder / "schema.json").read_text()))
     kind = str(version.metadata.get("kind", "random_forest"))
     outputs = output_columns(schema)
@@ -199,6 +219,7 @@ def _prepare_output(
                     f"cannot resume into {out.uri}: the earlier job differs in {', '.join(diffs)}; "
                     "rerun with the same arguments, or start over with --overwrite"
                 )
+            plan.job_id = earlier.job_id  # the resumed job is the same job: its parts carry this id
             return True
         if not overwrite:
             raise ScoreError(
@@ -223,6 +244,50 @@ def _prepare_output(
     return False
 
 
+def _refuse_overlap(input_uri: str, out: OutputLocation, rej: OutputLocation) -> None:
+    """Outputs must not share files with the input: ``--overwrite`` there would delete input shards."""
+    for loc, option in ((out, "--output"), (rej, "--rejected")):
+        if overlapping(loc, input_uri):
+            raise ScoreError(
+                f"{option} {loc.uri} overlaps the input {input_uri} (one lies inside the other); "
+                "scored and rejected rows must go to a folder of their own"
+            )
+
+
+@contextmanager
+def _writer_locks(
+    out: OutputLocation, rej: OutputLocation, model: str, resume: bool
+) -> Iterator[list[storage.LeaseLock]]:
+    """Hold the output's (and a separate rejected folder's) lease lock for the whole job.
+
+    A second ``score`` into the same output is refused at once instead of mixing its parts with
+    ours or deleting them with ``--overwrite``. A writer that dies (even ``kill -9``) leaves a
+    lease that expires after :data:`LOCK_LEASE_S`; ``--resume`` waits that long for it, so a
+    resume right after a kill takes over instead of being refused.
+    """
+    folders = [out] if rej.path.startswith(out.path.rstrip("/") + "/") else [out, rej]
+    owner = f"raymlops score of {model} ({socket.gethostname()}, pid {os.getpid()})"
+    locks: list[storage.LeaseLock] = []
+    try:
+        for loc in folders:
+            lock = storage.LeaseLock(
+                loc.filesystem,
+                loc.file(LOCK_DIR),
+                LOCK_LEASE_S,
+                timeout_s=1.5 * LOCK_LEASE_S if resume else 0,
+                owner=owner,
+            )
+            try:
+                lock.acquire()
+            except ConflictError as err:
+                raise ScoreError(f"another raymlops score is writing into {loc.uri}: {err}") from None
+            locks.append(lock)
+        yield locks
+    finally:
+        for lock in reversed(locks):
+            lock.release()
+
+
 def score(
     ref: str,
     input_uri: str,
@@ -239,6 +304,7 @@ def score(
     unit_rows: int = DEFAULT_UNIT_ROWS,
     address: str | None = None,
     progress: bool = True,
+    allow_legacy_pickle: bool = False,
 ) -> dict[str, Any]:
     """Score ``input_uri`` with a registered model and write Parquet shards to ``output_uri``.
 
@@ -257,22 +323,26 @@ def score(
         unit_rows: target rows per unit of work for Parquet input (whole row groups).
         address: Ray address (default ``$RAY_ADDRESS`` or an embedded local Ray).
         progress: draw a progress bar on stderr.
+        allow_legacy_pickle: load a version written with pickled model files by an older raymlops
+            (they can run code when loaded: only for stores you trust).
 
     Returns:
         The summary: rows_in, rows_scored, rows_rejected, seconds, rows_per_s, output, rejected, ...
 
     Raises:
         InputError: the input cannot be scored at all (a feature missing from every file, ...).
-        ScoreError: the job was refused (output exists, resume does not match).
+        ScoreError: the job was refused (output exists, resume does not match, the output or
+            rejected folder overlaps the input, another ``score`` is writing into the output).
         ScoreFailed: a unit failed or the counts on disk do not reconcile; nothing is marked done.
     """
     started = time.perf_counter()
     if batch_rows < 1 or unit_rows < 1:
         raise ScoreError("batch_rows and unit_rows must be positive")
-    model, store_uri, kind, schema, outputs = _load_schema(ref, store)
+    model, store_uri, kind, schema, outputs = _load_schema(ref, store, allow_legacy_pickle)
     input_uri = absolute_uri(input_uri)
     out = OutputLocation.of(output_uri)
     rej = OutputLocation.of(rejected_uri or f"{out.uri.rstrip('/')}/_rejected")
+    _refuse_overlap(input_uri, out, rej)
     plan, layout = plan_job(
         model=model,
         input_uri=input_uri,
@@ -283,66 +353,83 @@ def score(
         rejected=rej.uri,
         unit_rows=unit_rows,
     )
-    resumed = _prepare_output(plan, out, rej, resume, overwrite)
-    done = committed_units(out, plan) if resumed else {}
-    pending = [u for u in plan.units if u.index not in done]
-    for loc in (out, rej):
-        loc.clear_tmp()  # files of attempts that died; their units are not committed and run again
-    scored_now: list[UnitResult] = []
-    size = PoolSize(0, 0.0, 0.0)
-    if pending:  # Ray only starts once the job is known to be valid and to have work left
-        cluster = connect(address)
-        pending_rows = None if plan.known_rows is None else sum(u.rows or 0 for u in pending)
-        size = pool_size(cluster, kind, len(pending), workers, pending_rows)
-        cfg = WorkerConfig(
-            model=model,
-            store=store_uri,
-            kind=kind,
-            keep=plan.keep,
-            unknown_category=unknown_category,
-            layout=layout,
-            out=out,
-            rejected=rej,
-            batch_rows=batch_rows,
-            threads=max(1, math.ceil(size.cpus_per_actor)),
-            unit_delay_s=float(os.environ.get(UNIT_DELAY_ENV, "0") or 0),
-        )
-        scored_now = _run_units(cfg, pending, size, progress, pending_rows)
-    rec = reconcile(plan, out, rej)
-    if not rec.ok:
-        raise ScoreFailed(
-            "scoring did not reconcile, so the job is not marked done: "
-            + "; ".join(rec.problems[:10])
-            + (f" (and {len(rec.problems) - 10} more)" if len(rec.problems) > 10 else "")
-        )
-    for loc in (out, rej):
-        loc.clear_tmp()
-    seconds = time.perf_counter() - started
-    rows_now = sum(r.rows_in for r in scored_now)
-    summary: dict[str, Any] = {
-        "model": model,
-        "input": input_uri,
-        "output": out.uri,
-        "rejected": rej.uri,
-        "rows_in": rec.rows_in,
-        "rows_scored": rec.rows_scored,
-        "rows_rejected": rec.rows_rejected,
-        "seconds": round(seconds, 3),
-        "rows_per_s": round(rows_now / seconds, 1) if seconds > 0 else None,
-        "rows_this_run": rows_now,
-        "units": len(plan.units),
-        "units_resumed": len(done),
-        "scored_files": rec.scored_files,
-        "rejected_files": rec.rejected_files,
-        "workers": size.actors,
-        "cpus_per_worker": size.cpus_per_actor,
-        "gpus_per_worker": size.gpus_per_actor,
-        "resumed": resumed,
-        "reconciled": True,
-    }
-    write_manifest(out, {**summary, "job": f"{out.uri.rstrip('/')}/{JOB_FILE}", **rec.to_dict()})
-    summary["manifest"] = f"{out.uri.rstrip('/')}/{MANIFEST_FILE}"
-    return summary
+    with _writer_locks(out, rej, model, resume) as locks:
+        resumed = _prepare_output(plan, out, rej, resume, overwrite)
+        done, foreign = committed_units(out, plan) if resumed else ({}, [])
+        if foreign:
+            raise ScoreError(
+                f"cannot resume into {out.uri}: it holds parts of another job or model version ("
+                + "; ".join(foreign[:3])
+                + (f"; and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+                + "); start over with --overwrite or choose another output"
+            )
+        pending = [u for u in plan.units if u.index not in done]
+        for loc in (out, rej):
+            loc.clear_tmp()  # files of attempts that died; their units are not committed and run again
+        scored_now: list[UnitResult] = []
+        size = PoolSize(0, 0.0, 0.0)
+        if pending:  # Ray only starts once the job is known to be valid and to have work left
+            cluster = connect(address)
+            pending_rows = None if plan.known_rows is None else sum(u.rows or 0 for u in pending)
+            size = pool_size(cluster, kind, len(pending), workers, pending_rows)
+            cfg = WorkerConfig(
+                model=model,
+                store=store_uri,
+                kind=kind,
+                keep=plan.keep,
+                unknown_category=unknown_category,
+                layout=layout,
+                out=out,
+                rejected=rej,
+                batch_rows=batch_rows,
+                threads=max(1, math.ceil(size.cpus_per_actor)),
+                unit_delay_s=float(os.environ.get(UNIT_DELAY_ENV, "0") or 0),
+                job_id=plan.job_id,
+                allow_legacy_pickle=allow_legacy_pickle,
+            )
+            scored_now = _run_units(cfg, pending, size, progress, pending_rows)
+        rec = reconcile(plan, out, rej)
+        if not rec.ok:
+            raise ScoreFailed(
+                "scoring did not reconcile, so the job is not marked done: "
+                + "; ".join(rec.problems[:10])
+                + (f" (and {len(rec.problems) - 10} more)" if len(rec.problems) > 10 else "")
+            )
+        for loc in (out, rej):
+            loc.clear_tmp()
+        lost = [lock.path for lock in locks if lock.lost]
+        if lost:
+            raise ScoreFailed(
+                f"the writer's lock {lost[0]} expired while scoring (the process was paused for longer "
+                "than its lease), so another writer may have started: the job is not marked done; "
+                "rerun with --resume"
+            )
+        seconds = time.perf_counter() - started
+        rows_now = sum(r.rows_in for r in scored_now)
+        summary: dict[str, Any] = {
+            "model": model,
+            "input": input_uri,
+            "output": out.uri,
+            "rejected": rej.uri,
+            "rows_in": rec.rows_in,
+            "rows_scored": rec.rows_scored,
+            "rows_rejected": rec.rows_rejected,
+            "seconds": round(seconds, 3),
+            "rows_per_s": round(rows_now / seconds, 1) if seconds > 0 else None,
+            "rows_this_run": rows_now,
+            "units": len(plan.units),
+            "units_resumed": len(done),
+            "scored_files": rec.scored_files,
+            "rejected_files": rec.rejected_files,
+            "workers": size.actors,
+            "cpus_per_worker": size.cpus_per_actor,
+            "gpus_per_worker": size.gpus_per_actor,
+            "resumed": resumed,
+            "reconciled": True,
+        }
+        write_manifest(out, {**summary, "job": f"{out.uri.rstrip('/')}/{JOB_FILE}", **rec.to_dict()})
+        summary["manifest"] = f"{out.uri.rstrip('/')}/{MANIFEST_FILE}"
+        return summary
 
 
 def _run_units(

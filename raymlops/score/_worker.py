@@ -27,7 +27,7 @@ from raymlops.model import ModelBundle, ScoredRows
 from raymlops.model import prediction_schema as _prediction_schema
 from raymlops.registry._fsutil import remove_quietly
 
-from ._output import UNIT_METADATA_KEY, OutputLocation, UnitResult, commit_unit
+from ._output import UNIT_METADATA_KEY, OutputLocation, UnitResult, commit_unit, part_metadata
 from ._plan import InputLayout, ScoreUnit
 
 __all__ = [
@@ -65,6 +65,8 @@ class WorkerConfig:
         batch_rows: rows per batch inside a unit (bounds the memory of an actor).
         threads: CPU threads an actor may use (Arrow decoding, model inference).
         unit_delay_s: a pause before each unit, for tests that kill a run midway and demos.
+        job_id: the job's identity, written into every part's footer (see :class:`JobPlan`).
+        allow_legacy_pickle: load a version written with pickled model files (user opt-in).
     """
 
     model: str
@@ -78,6 +80,8 @@ class WorkerConfig:
     batch_rows: int = 65_536
     threads: int = 1
     unit_delay_s: float = 0.0
+    job_id: str = ""
+    allow_legacy_pickle: bool = False
 
 
 def prediction_schema(bundle: ModelBundle) -> pa.Schema:
@@ -326,9 +330,11 @@ class _Unit:
         result = UnitResult(self.unit.index, self.rows_in, self.scored, self.rejected, round(seconds, 3))
         if self.rows_in != self.scored + self.rejected:  # a bug, never a data problem: refuse to commit
             raise RuntimeError(f"unit {self.unit.index}: {result} does not add up")
-        self.writer.add_key_value_metadata({UNIT_METADATA_KEY: result.to_json()})
+        owner = part_metadata(self.cfg.job_id, self.cfg.model)
+        self.writer.add_key_value_metadata({UNIT_METADATA_KEY: result.to_json(), **owner})
         self.writer.close()
         if self.rejected_writer is not None:
+            self.rejected_writer.add_key_value_metadata(owner)
             self.rejected_writer.close()
         commit_unit(self.cfg.out, self.cfg.rejected, self.unit, self.scored_tmp, self.rejected_tmp)
         return result
@@ -391,9 +397,9 @@ class UnitScorer:
         self.error: str | None = None
         try:
             pa.set_cpu_count(max(1, cfg.threads))
-            self.bundle = ModelBundle.load(
-                cfg.model, cfg.store, threads=cfg.threads
-            )  # verified by the registry
+            self.bundle = ModelBundle.load(  # verified by the registry
+                cfg.model, cfg.store, threads=cfg.threads, allow_legacy_pickle=cfg.allow_legacy_pickle or None
+            )
             self.pred_schema = prediction_schema(self.bundle)
         except Exception as err:  # reported with every unit of this actor, see __call__
             log.exception("loading %s failed", cfg.model)
