@@ -14,7 +14,7 @@ import math
 import re
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,7 +92,7 @@ class Columns:
         n_bytes: the request body's size, so that a batch can be bounded in bytes as well as rows.
     """
 
-    data: dict[str, Any]
+    data: Mapping[str, Any]
     n_rows: int
     columnar: bool = False
     matrix: np.ndarray | None = None
@@ -250,7 +250,7 @@ def _check_features(
 
 def _rows_to_columns(
     rows: list[Any], features: Sequence[str], what: str
-) -> tuple[dict[str, Any], np.ndarray | None]:
+) -> tuple[Mapping[str, Any], np.ndarray | None]:
     """List rows (each one value per feature, in feature order) to columns (and the numeric matrix)."""
     n_features = len(features)
     matrix: np.ndarray | None = None
@@ -276,8 +276,28 @@ def _rows_to_columns(
     return {f: list(transposed[j]) for j, f in enumerate(features)}, None
 
 
-def _matrix_data(matrix: np.ndarray, features: Sequence[str]) -> dict[str, Any]:
-    return {f: matrix[:, j] for j, f in enumerate(features)}
+class _MatrixColumns(Mapping[str, np.ndarray]):
+    """A matrix seen as feature -> column, without making 64 column views for every request."""
+
+    def __init__(self, matrix: np.ndarray, features: Sequence[str]) -> None:
+        self._matrix = matrix
+        self._features = list(features)
+        self._index: dict[str, int] | None = None
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if self._index is None:
+            self._index = {f: j for j, f in enumerate(self._features)}
+        return self._matrix[:, self._index[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._features)
+
+    def __len__(self) -> int:
+        return len(self._features)
+
+
+def _matrix_data(matrix: np.ndarray, features: Sequence[str]) -> Mapping[str, Any]:
+    return _MatrixColumns(matrix, features)
 
 
 def _numeric_matrix(columns: list[list[Any]]) -> np.ndarray | None:
@@ -341,6 +361,7 @@ def parse_tf_predict(
     if not body:
         raise ClientError(400, f'empty batch: "{key}" has no rows')
     matrix: np.ndarray | None = None
+    data: Mapping[str, Any]
     if isinstance(body[0], dict):
         data = _objects_to_columns(body, features, key, skip)
         if not categorical:
@@ -579,7 +600,7 @@ def _matrix_columns(
     if isinstance(values, np.ndarray):
         matrix = values.reshape(n_rows, n_features)
         fast = matrix if numeric and matrix.dtype.kind in "fiu" else None
-        return Columns({f: matrix[:, j] for j, f in enumerate(features)}, n_rows, matrix=fast)
+        return Columns(_matrix_data(matrix, features), n_rows, matrix=fast)
     return Columns({f: values[j::n_features] for j, f in enumerate(features)}, n_rows)
 
 
