@@ -117,3 +117,32 @@ def test_canary_split_changes_in_place_and_reports_per_version_metrics(served):
             client.post("/v1/models/digits:predict", json=GOOD).headers["x-model-version"] for _ in range(20)
         ]
         assert set(tail) == {"1"}
+
+
+def test_autoscaling_adds_a_replica_under_load_on_the_chosen_ingress_without_failing_a_request(served):
+    """Replicas scale on ongoing requests with HAProxy in front too (its metrics come from replicas)."""
+    from ray import serve
+
+    from raymlops.config import ServeOptions
+
+    base = served.start_kwargs["options"]
+    scaled = ServeOptions.model_validate(
+        {**base.model_dump(), "max_replicas": 2, "target_ongoing_requests": 1}
+    )
+
+    def running() -> int:
+        app_status = serve.status().applications["raymlops"]
+        counts = app_status.deployments["ModelServer"].replica_states
+        return int(counts.get("RUNNING", 0))
+
+    try:
+        served.redeploy(options=scaled)
+        with Load(served, clients=8) as load:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and running() < 2:
+                time.sleep(1)
+            assert running() == 2, serve.status().applications["raymlops"].deployments
+            time.sleep(2)  # traffic now reaches both replicas through the ingress
+        assert load.failures() == [], load.failures()[:5]
+    finally:
+        served.redeploy(options=base)
