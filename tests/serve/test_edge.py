@@ -45,12 +45,19 @@ def anon(served: Served):
 
 
 def test_the_session_server_runs_on_haproxy_ingress(served):
-    """The default ingress (auto) is HAProxy here: no Serve Python proxy in the request path."""
-    from ray.util.state import list_actors
+    """The default ingress (auto) is HAProxy here: the process listening on the port is haproxy."""
+    import psutil
 
-    alive = {a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)}
-    assert "HAProxyManager" in alive, sorted(alive)
-    assert "ProxyActor" not in alive, sorted(alive)
+    port = urlparse(served.url).port
+    listeners = []
+    for proc in psutil.process_iter(["name"]):
+        try:
+            conns = proc.net_connections(kind="tcp")
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            continue
+        if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in conns):
+            listeners.append(proc.info["name"])
+    assert listeners and all(name == "haproxy" for name in listeners), listeners
 
 
 def test_auth_is_checked_before_anything_else(anon, good):
