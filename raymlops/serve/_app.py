@@ -524,6 +524,7 @@ class ModelServer:
     def _watch(self) -> None:
         while not self._stop.wait(self.live.poll_interval_s):
             try:
+                self.metrics.flush()
                 self._refresh()
                 self._maybe_flush()
             except Exception:  # noqa: BLE001 - the watcher must outlive any one failure
