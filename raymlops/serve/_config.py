@@ -30,7 +30,7 @@ from ._app import (
     resolve_serve_options,
 )
 from ._auth import API_KEY_ENV, key_digest
-from ._ingress import ingress_env, resolve_ingress
+from ._ingress import controller_env, resolve_ingress
 
 __all__ = [
     "BUILDER_IMPORT_PATH",
@@ -136,7 +136,7 @@ def serve_config(
             }
         ],
     }
-    env = ingress_env(resolve_ingress(resolved.ingress))
+    env = controller_env(resolve_ingress(resolved.ingress), local=False)
     if env:
         config["controller_options"] = {"runtime_env": {"env_vars": env}}
     ServeDeploySchema.model_validate(config)  # fail here, not on the cluster
@@ -245,7 +245,7 @@ def start_server(
     if request_log_flush_s is not None:
         args["request_log_flush_s"] = request_log_flush_s
     app = build_app(args)
-    env = ingress_env(ingress)
+    env = controller_env(ingress, local=True)
     serve.start(
         http_options={"host": host, "port": port},
         controller_options={"runtime_env": {"env_vars": env}} if env else None,

@@ -26,11 +26,19 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 from typing import Literal
 
 from raymlops.errors import ConfigError
 
-__all__ = ["INGRESS_CHOICES", "Ingress", "haproxy_binary", "ingress_env", "resolve_ingress"]
+__all__ = [
+    "INGRESS_CHOICES",
+    "Ingress",
+    "controller_env",
+    "haproxy_binary",
+    "ingress_env",
+    "resolve_ingress",
+]
 
 log = logging.getLogger("raymlops.serve")
 
@@ -88,3 +96,41 @@ def resolve_ingress(mode: str) -> str:
 def ingress_env(mode: str) -> dict[str, str]:
     """The environment variables that select a resolved ingress in Serve's processes."""
     return dict(_ENV[mode])
+
+
+#: Ports HAProxy mode binds on every node besides the application's: Serve's fallback proxy (HTTP,
+#: gRPC) and HAProxy's stats and metrics endpoints. Their defaults (8500, 9500, 8404, 9101) are
+#: fixed, so a second Serve instance on one machine (two `raymlops serve`, parallel test runs)
+#: would fail to start.
+_NODE_PORTS = (
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+    "RAY_SERVE_HAPROXY_STATS_PORT",
+    "RAY_SERVE_HAPROXY_METRICS_PORT",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def controller_env(mode: str, local: bool) -> dict[str, str]:
+    """The Serve controller's environment for a resolved ingress (it passes it to its proxies).
+
+    Args:
+        mode: the resolved ingress.
+        local: a one-machine instance (``raymlops serve``): the extra node ports are chosen free
+            instead of Serve's fixed defaults. A cluster keeps the defaults (its NetworkPolicy
+            names them).
+
+    A proxy gets 15 s (Serve's default: 5 s) to report ready: on a busy 2-core machine an HAProxy
+    manager took longer to import and was killed and restarted in a loop.
+    """
+    env = ingress_env(mode)
+    if mode != "proxy":
+        env["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"] = "15"
+        if local:
+            env.update({name: str(_free_port()) for name in _NODE_PORTS})
+    return env
