@@ -16,7 +16,12 @@ from .conftest import Served, metrics_text
 
 pytestmark = pytest.mark.slow
 
-GOOD = {"instances": [[0.0] * 64]}
+
+def _good(served: Served) -> dict:
+    """One row of zeros for the served model (its feature count, whatever training kept)."""
+    from raymlops.model import ModelBundle
+
+    return {"instances": [[0.0] * len(ModelBundle.load("digits:1", served.store).schema.features)]}
 
 
 class Load:
@@ -25,6 +30,7 @@ class Load:
     def __init__(self, served: Served, clients: int = 4) -> None:
         self.served = served
         self.results: list[tuple[int, str | None]] = []
+        self.body = _good(served)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
@@ -32,7 +38,7 @@ class Load:
         with httpx.Client(base_url=self.served.url, headers=self.served.auth, timeout=30) as client:
             while not self._stop.is_set():
                 try:
-                    r = client.post("/v1/models/digits:predict", json=GOOD)
+                    r = client.post("/v1/models/digits:predict", json=self.body)
                     self.results.append((r.status_code, r.headers.get("x-model-version") or r.text[:200]))
                 except httpx.HTTPError as err:
                     self.results.append((0, repr(err)))
@@ -82,6 +88,7 @@ def test_promotion_and_rollback_under_steady_load_fail_no_request(served):
 
 
 def test_canary_split_changes_in_place_and_reports_per_version_metrics(served):
+    GOOD = _good(served)  # noqa: N806
     with httpx.Client(base_url=served.url, headers=served.auth, timeout=30) as client:
         try:
             with Load(served, clients=2) as load:
