@@ -286,7 +286,10 @@ def time_to_first_answer(store: str, ref: str) -> float:
 # ---- the run ----------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", help="A store that already holds digits_rf / digits_mlp (default: train)")
+    parser.add_argument(
+        "--store",
+        help="A store for digits_rf / digits_mlp: trained into it when missing (default: a temp one)",
+    )
     parser.add_argument("--models", default="forest,keras", help="forest, keras or both")
     parser.add_argument("--seconds", type=float, default=5.0, help="Measured seconds per cell")
     parser.add_argument("--ingress", default="auto", help="auto, haproxy, direct or proxy")
@@ -316,9 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     connect()
     tmp = tempfile.TemporaryDirectory(prefix="raymlops-serve-bench-")
     store = args.store or str(Path(tmp.name) / "store")
-    refs = (
-        {k: ModelStore(store).get(MODELS[k]).ref for k in which} if args.store else train_models(store, which)
-    )
+    st = ModelStore(store)
+    have = set(st.list_models()) if args.store and Path(store).exists() else set()
+    missing = [k for k in which if MODELS[k] not in have]
+    refs = {k: st.get(MODELS[k]).ref for k in which if k not in missing}
+    refs.update(train_models(store, missing) if missing else {})
+    refs = {k: refs[k] for k in which}
     folders = {ref.split(":")[0]: str(ModelStore(store).fetch(ref)[1]) for ref in refs.values()}
     bodies = {
         label: json.dumps({"instances": [_row(ModelBundle.load(ref, store).schema.features)]}).encode()
