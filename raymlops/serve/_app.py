@@ -1,18 +1,28 @@
-"""The Ray Serve application: one ingress deployment that routes, authenticates, parses and scores.
+"""The Ray Serve application: one ingress deployment that authenticates, routes, parses and scores.
 
-Why one deployment: every extra deployment is another hop through Ray (a few milliseconds on a small
-machine) and the target is single-request latency close to a bare uvicorn process. The replica is a
-plain Starlette request handler (no FastAPI routing or validation layer on the hot path); inside it
-each loaded model version has its own ``@serve.batch`` queue (see ``_scoring``), so concurrent
-requests are scored together and the per-call pandas cost is paid once per batch. The deployment as
-a whole autoscales on ongoing requests.
+Why one deployment: every extra deployment is another hop through Ray and the target is
+single-request latency close to a bare uvicorn process. HTTP reaches the replica through HAProxy
+(``_ingress``: no Python proxy and no actor call in between), and the replica is a plain Starlette
+request handler. A request's path: the key is checked first; the body is read as it streams in,
+up to the limit; orjson parses it and plain numbers become one float64 matrix; each loaded version
+has its own batcher (``_scoring``) that merges concurrent requests, bounded in requests and bytes;
+:meth:`ModelBundle.score` checks and scores the matrix (one finiteness test, the feature plan as two
+numpy operations, the model's verified fast form such as ONNX); orjson writes the answer. Metric
+counts are added up in memory and handed to Ray by the watcher thread. Large bodies are parsed and
+large batches scored in a worker thread, so the event loop keeps answering.
+
+Sizing on a small machine: a replica asks for 0.5 CPU by default and its model libraries run one
+thread each (onnxruntime and TensorFlow are capped at one intra-op thread), so two replicas fit on
+two cores next to the HAProxy process, which Ray does not count (its manager actor asks for 0 CPUs)
+and which needs little. More threads per replica would only fight the replicas for the same cores.
 
 Updates without downtime: a watcher thread in every replica polls the store's aliases; when the
 followed alias (``champion`` for a bare ``NAME``) moves, the new version is fetched, verified and
 loaded next to the serving one and then swapped in with one assignment. Requests already in a batch
-finish on the version they started with, so no request fails. Rolling back is promoting back.
-Batching, canary split and request-log sampling are ``user_config``: ``serve deploy`` with new values
-reconfigures running replicas in place.
+finish on the version they started with, so no request fails. Rolling back is promoting back. A
+version its own gate refused, or that fails verification, is never swapped in (and not fetched
+again every poll). Batching, canary split and request-log sampling are ``user_config``: ``serve
+deploy`` with new values reconfigures running replicas in place.
 """
 
 from __future__ import annotations
