@@ -549,20 +549,28 @@ class ModelServer:
             self._last_flush = time.monotonic()
             request_log.flush()
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply :class:`LiveSettings` in place (Serve calls this for every ``user_config`` change)."""
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply :class:`LiveSettings` in place (Serve calls this for every ``user_config`` change).
+
+        A canary version that is not loaded yet is loaded in a worker thread: in Serve's
+        throughput-optimized mode this method runs on the event loop that answers requests, and a
+        model load there would hold every request for as long as it takes.
+        """
         live = LiveSettings.model_validate(user_config)
         unknown = sorted(set(live.canary) - set(self.slots))
         if unknown:
             raise ConfigError(f"canary for model(s) not served here: {', '.join(unknown)}")
+        canaries = {
+            name: await asyncio.to_thread(self._scorer, self.slots[name], spec.version)
+            for name, spec in live.canary.items()
+        }
         self.live = live
         for slot in self.slots.values():
             spec = live.canary.get(slot.name)
             if spec is None:
                 slot.canary, slot.canary_percent = None, 0.0
             else:
-                slot.canary = self._scorer(slot, spec.version)
-                slot.canary_percent = spec.percent
+                slot.canary, slot.canary_percent = canaries[slot.name], spec.percent
             for scorer in slot.loaded.values():
                 scorer.set_batching(live.max_batch_size, live.batch_wait_timeout_s, live.max_batch_bytes)
         if live.request_log_sample_rate > 0:

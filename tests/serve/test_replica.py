@@ -7,6 +7,7 @@ real store with real trained models, and lets a test watch its downloads and its
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shutil
@@ -79,9 +80,8 @@ def test_a_replica_that_must_require_a_key_and_has_none_refuses_to_start(
 def test_a_request_log_flush_error_does_not_kill_the_alias_watcher(own_store, tmp_path):
     server = ModelServer(_init(own_store, tmp_path))
     try:
-        server.reconfigure(
-            {"poll_interval_s": 0.05, "request_log_flush_s": 0.05, "request_log_sample_rate": 1.0}
-        )
+        settings = {"poll_interval_s": 0.05, "request_log_flush_s": 0.05, "request_log_sample_rate": 1.0}
+        asyncio.run(server.reconfigure(settings))
         assert server.request_log is not None
 
         def broken_flush() -> list[str]:

@@ -134,7 +134,7 @@ def test_autoscaling_adds_a_replica_under_load_on_the_chosen_ingress_without_fai
 
     base = served.start_kwargs["options"]
     scaled = ServeOptions.model_validate(
-        {**base.model_dump(), "max_replicas": 2, "target_ongoing_requests": 1}
+        {**base.model_dump(), "max_replicas": 2, "target_ongoing_requests": 0.1}
     )
 
     def running() -> int:
@@ -145,7 +145,7 @@ def test_autoscaling_adds_a_replica_under_load_on_the_chosen_ingress_without_fai
     try:
         served.redeploy(options=scaled)
         with Load(served, clients=8) as load:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 180  # Serve waits upscale_delay_s (30 s) on its metrics
             while time.monotonic() < deadline and running() < 2:
                 time.sleep(1)
             assert running() == 2, serve.status().applications["raymlops"].deployments
