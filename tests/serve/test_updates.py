@@ -27,10 +27,11 @@ def _good(served: Served) -> dict:
 class Load:
     """Closed-loop clients posting the same request until stopped; every answer is kept."""
 
-    def __init__(self, served: Served, clients: int = 4) -> None:
+    def __init__(self, served: Served, clients: int = 4, rows: int = 1) -> None:
         self.served = served
         self.results: list[tuple[int, str | None]] = []
         self.body = _good(served)
+        self.body["instances"] = self.body["instances"] * rows
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
@@ -134,7 +135,7 @@ def test_autoscaling_adds_a_replica_under_load_on_the_chosen_ingress_without_fai
 
     base = served.start_kwargs["options"]
     scaled = ServeOptions.model_validate(
-        {**base.model_dump(), "max_replicas": 2, "target_ongoing_requests": 0.1}
+        {**base.model_dump(), "max_replicas": 2, "target_ongoing_requests": 0.01}
     )
 
     def running() -> int:
@@ -144,7 +145,9 @@ def test_autoscaling_adds_a_replica_under_load_on_the_chosen_ingress_without_fai
 
     try:
         served.redeploy(options=scaled)
-        with Load(served, clients=8) as load:
+        # The replica's share of a request's time is small next to the test's own HTTP client, so
+        # requests carry 200 rows and the target is low: the replica's ongoing count must exceed it.
+        with Load(served, clients=8, rows=200) as load:
             deadline = time.monotonic() + 180  # Serve waits upscale_delay_s (30 s) on its metrics
             while time.monotonic() < deadline and running() < 2:
                 time.sleep(1)
