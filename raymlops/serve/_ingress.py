@@ -45,7 +45,9 @@ log = logging.getLogger("raymlops.serve")
 Ingress = Literal["auto", "haproxy", "direct", "proxy"]
 INGRESS_CHOICES: tuple[str, ...] = ("auto", "haproxy", "direct", "proxy")
 
-_FAST = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# Throughput-optimized mode; and autoscaling on the replicas' own ongoing-request counts, since
+# with HAProxy or direct ingress no deployment handle sees the requests.
+_FAST = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_COLLECT_AUTOSCALING_METRICS_ON_HANDLE": "0"}
 _ENV: dict[str, dict[str, str]] = {
     "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", **_FAST},
     "direct": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", **_FAST},
