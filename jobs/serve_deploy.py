@@ -10,6 +10,11 @@ through the dashboard (``--dashboard-address``, else ``$RAY_DASHBOARD_ADDRESS``,
 ``http://127.0.0.1:8265``; token auth applies as for any client). The job then waits until every
 application reports RUNNING, so a job that ends SUCCEEDED means the models answer, and a
 deployment that never becomes healthy fails the job instead of passing silently.
+
+Closed by default: every replica must find ``RAYMLOPS_API_KEY`` in its environment (set it on every
+node, e.g. from a Kubernetes Secret) or it refuses to start, and the job fails instead of exposing
+the models without auth; ``--insecure`` is for an edge that is private by other means. The ingress
+(``--ingress``, default auto: HAProxy when the cluster has it) is written into the config.
 """
 
 from __future__ import annotations
@@ -58,12 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--wait-s", type=float, default=600, help="how long to wait for RUNNING (0: do not wait)"
     )
+    parser.add_argument(
+        "--ingress", help="auto, haproxy, direct or proxy (default: the model's serve: section)"
+    )
+    parser.add_argument("--insecure", action="store_true", help="let replicas start without RAYMLOPS_API_KEY")
     ns = parser.parse_args(argv)
 
     config = ns.config_out or os.path.join(tempfile.mkdtemp(prefix="raymlops-serve-"), "serve.yaml")
     gen = [sys.executable, "-m", "raymlops.cli", "serve", "config", *ns.refs, "-o", config]
     if ns.store:
         gen += ["--store", ns.store]
+    if ns.ingress:
+        gen += ["--ingress", ns.ingress]
+    if ns.insecure:
+        gen.append("--insecure")
     rc = _run(gen)
     if rc != 0:
         return rc

@@ -292,6 +292,8 @@ class ServeOptions(_Strict):
     batch_wait_timeout_s: float = Field(0.002, ge=0)
     num_cpus: float = Field(0.5, gt=0)
     request_log_sample_rate: float = Field(0.0, ge=0, le=1)
+    # [serve] how HTTP reaches the replicas; see raymlops/serve/_ingress.py
+    ingress: Literal["auto", "haproxy", "direct", "proxy"] = "auto"
 
     @model_validator(mode="after")
     def _bounds(self) -> ServeOptions:

@@ -46,6 +46,19 @@ def serve_cmd(
         str | None,
         typer.Option("--request-log", help="Where sampled requests go (default <store>/request_logs)"),
     ] = None,
+    ingress: Annotated[
+        str | None,
+        typer.Option(
+            "--ingress",
+            help="How HTTP reaches the replicas: auto (HAProxy when installed), haproxy, direct, proxy",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure", help="Serve without an API key on a non-loopback address (refused otherwise)"
+        ),
+    ] = False,
 ) -> None:
     """Serve models over HTTP (TF Serving REST and Open Inference Protocol v2) until Ctrl-C.
 
@@ -80,6 +93,7 @@ def serve_cmd(
         "batch_wait_timeout_s": batch_wait_timeout_s,
         "num_cpus": num_cpus,
         "request_log_sample_rate": request_log_sample_rate,
+        "ingress": ingress,
     }
     options = guard(resolve_serve_options, models, st.uri, base, overrides)
     if config_mode:
@@ -87,10 +101,19 @@ def serve_cmd(
 
         assert output is not None
         kwargs = {"store": st.uri, "options": options, "canary": canary, "request_log": request_log}
-        guard(write_serve_config, output, models, host=host or "0.0.0.0", port=port, **kwargs)
+        guard(
+            write_serve_config, output, models, host=host or "0.0.0.0", port=port, insecure=insecure, **kwargs
+        )
         err_console.print(f"wrote {output}: serve deploy {output}  (or spec.serveConfigV2 of a RayService)")
         return
-    _serve_until_interrupted(models, st.uri, host or "127.0.0.1", port, options, canary, request_log, address)
+    from raymlops.serve import API_KEY_ENV
+    from raymlops.serve._config import check_exposure
+
+    bind = host or "127.0.0.1"
+    guard(check_exposure, bind, bool(os.environ.get(API_KEY_ENV)), insecure)
+    _serve_until_interrupted(
+        models, st.uri, bind, port, options, canary, request_log, address, insecure=insecure
+    )
 
 
 def _interrupt(*_: Any) -> None:
@@ -106,6 +129,7 @@ def _serve_until_interrupted(
     canary: list[str] | None,
     request_log: str | None,
     address: str | None,
+    insecure: bool = False,
 ) -> None:
     import signal
     import time
@@ -127,13 +151,17 @@ def _serve_until_interrupted(
             canary=canary,
             request_log=request_log,
             address=address,
+            insecure=insecure,
         )
         auth = "bearer key required" if os.environ.get(API_KEY_ENV) else f"open ({API_KEY_ENV} unset)"
-        err_console.print(f"serving {', '.join(models)} at {handle.url}   auth: {auth}", highlight=False)
+        where = " (bound on every interface)" if host in ("0.0.0.0", "::") else ""
+        err_console.print(
+            f"serving {', '.join(models)} at {handle.url}{where}   auth: {auth}", highlight=False
+        )
         err_console.print(
             "  TF Serving: POST /v1/models/NAME:predict   OIP v2: POST /v2/models/NAME/infer   "
-            f"replicas {options.min_replicas}-{options.max_replicas}, batch {options.max_batch_size}   "
-            "Ctrl-C stops",
+            f"replicas {options.min_replicas}-{options.max_replicas}, batch {options.max_batch_size}, "
+            f"ingress {handle.ingress}   Ctrl-C stops",
             highlight=False,
         )
         while True:

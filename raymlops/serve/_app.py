@@ -1,22 +1,34 @@
-"""The Ray Serve application: one ingress deployment that routes, authenticates, parses and scores.
+"""The Ray Serve application: one ingress deployment that authenticates, routes, parses and scores.
 
-Why one deployment: every extra deployment is another hop through Ray (a few milliseconds on a small
-machine) and the target is single-request latency close to a bare uvicorn process. The replica is a
-plain Starlette request handler (no FastAPI routing or validation layer on the hot path); inside it
-each loaded model version has its own ``@serve.batch`` queue (see ``_scoring``), so concurrent
-requests are scored together and the per-call pandas cost is paid once per batch. The deployment as
-a whole autoscales on ongoing requests.
+Why one deployment: every extra deployment is another hop through Ray and the target is
+single-request latency close to a bare uvicorn process. HTTP reaches the replica through HAProxy
+(``_ingress``: no Python proxy and no actor call in between), and the replica is a plain Starlette
+request handler. A request's path: the key is checked first; the body is read as it streams in,
+up to the limit; orjson parses it and plain numbers become one float64 matrix; each loaded version
+has its own batcher (``_scoring``) that merges concurrent requests, bounded in requests and bytes;
+:meth:`ModelBundle.score` checks and scores the matrix (one finiteness test, the feature plan as two
+numpy operations, the model's verified fast form such as ONNX); orjson writes the answer. Metric
+counts are added up in memory and handed to Ray by the watcher thread. Large bodies are parsed and
+large batches scored in a worker thread, so the event loop keeps answering.
+
+Sizing on a small machine: a replica asks for 0.5 CPU by default and its model libraries run one
+thread each (onnxruntime and TensorFlow are capped at one intra-op thread), so two replicas fit on
+two cores next to the HAProxy process, which Ray does not count (its manager actor asks for 0 CPUs)
+and which needs little. More threads per replica would only fight the replicas for the same cores.
 
 Updates without downtime: a watcher thread in every replica polls the store's aliases; when the
 followed alias (``champion`` for a bare ``NAME``) moves, the new version is fetched, verified and
 loaded next to the serving one and then swapped in with one assignment. Requests already in a batch
-finish on the version they started with, so no request fails. Rolling back is promoting back.
-Batching, canary split and request-log sampling are ``user_config``: ``serve deploy`` with new values
-reconfigures running replicas in place.
+finish on the version they started with, so no request fails. Rolling back is promoting back. A
+version its own gate refused, or that fails verification, is never swapped in (and not fetched
+again every poll). Batching, canary split and request-log sampling are ``user_config``: ``serve
+deploy`` with new values reconfigures running replicas in place.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import re
@@ -34,21 +46,25 @@ from raymlops.errors import ConfigError, UserError
 from raymlops.model import ModelBundle, label_dtype
 
 from ._auth import ApiKeyCheck
+from ._ingress import ingress_env, resolve_ingress
 from ._metrics import ServeMetrics
 from ._protocols import (
     ClientError,
     Columns,
+    V2Request,
     decode_body,
     encode_json,
     format_tf_predict,
     format_v2_infer,
+    parse_header_length,
     parse_json,
     parse_tf_predict,
     parse_v2_infer,
+    parse_version,
     prediction_datatype,
 )
 from ._request_log import RequestLog
-from ._scoring import ScoreOutcome, VersionScorer
+from ._scoring import DEFAULT_MAX_BATCH_BYTES, ScoreOutcome, VersionScorer
 
 __all__ = [
     "APP_NAME",
@@ -68,6 +84,10 @@ APP_NAME = "raymlops"
 DEPLOYMENT_NAME = "ModelServer"
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 REQUEST_LOG_FLUSH_S = 10.0
+#: Bodies larger than this are parsed in a worker thread, off the replica's event loop.
+PARSE_OFFLOAD_BYTES = 256 * 1024
+#: Metric label of every model name that is not served here (random URLs add no series).
+UNKNOWN_MODEL = "unknown"
 _KEEP_LOADED = 3
 _CANARY_RE = re.compile(r"^(?P<name>[^:=\s]+):(?P<version>[0-9]+)=(?P<percent>[0-9]+(?:\.[0-9]+)?)%?$")
 _V1 = re.compile(
@@ -108,6 +128,7 @@ class LiveSettings(_Strict):
 
     max_batch_size: int = Field(64, ge=1)
     batch_wait_timeout_s: float = Field(0.002, ge=0)
+    max_batch_bytes: int = Field(DEFAULT_MAX_BATCH_BYTES, ge=1024)
     request_log_sample_rate: float = Field(0.0, ge=0, le=1)
     request_log_flush_s: float = Field(REQUEST_LOG_FLUSH_S, gt=0)
     poll_interval_s: float = Field(2.0, gt=0)
@@ -136,9 +157,17 @@ class AppArgs(_Strict):
         None, description="Where sampled requests go (default <store>/request_logs)"
     )
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)
+    max_batch_bytes: int = Field(
+        DEFAULT_MAX_BATCH_BYTES, ge=1024, description="Most request-body bytes merged into one scoring call"
+    )
     poll_interval_s: float = Field(2.0, gt=0, description="How often replicas look for alias changes")
     request_log_flush_s: float = Field(REQUEST_LOG_FLUSH_S, gt=0, description="Request log write interval")
     api_key_sha256: str | None = Field(None, description="sha256 of the API key (default: $RAYMLOPS_API_KEY)")
+    require_api_key: bool = Field(
+        True,
+        description="Refuse to start a replica that has no API key (fail closed); false only for an "
+        "edge that is private by other means (`raymlops serve` on 127.0.0.1, or --insecure)",
+    )
 
     @field_validator("models")
     @classmethod
@@ -180,6 +209,7 @@ class _ReplicaArgs(_Strict):
     request_log: str
     max_body_bytes: int
     api_key_sha256: str | None = None
+    require_api_key: bool = True
 
 
 def resolve_serve_options(
@@ -211,7 +241,15 @@ def resolve_serve_options(
 
 
 def deployment_options(options: ServeOptions, live: LiveSettings) -> dict[str, Any]:
-    """Keyword arguments for ``Deployment.options`` (also written into generated Serve configs)."""
+    """Keyword arguments for ``Deployment.options`` (also written into generated Serve configs).
+
+    The replicas get the ingress's environment variables (see ``_ingress``) in their runtime_env:
+    a replica reads them when it starts, and must agree with the controller about who answers HTTP.
+    """
+    actor: dict[str, Any] = {"num_cpus": options.num_cpus}
+    env = ingress_env(resolve_ingress(options.ingress))
+    if env:
+        actor["runtime_env"] = {"env_vars": env}
     return {
         "max_ongoing_requests": options.max_ongoing_requests,
         "autoscaling_config": {
@@ -220,7 +258,7 @@ def deployment_options(options: ServeOptions, live: LiveSettings) -> dict[str, A
             "max_replicas": options.max_replicas,
             "target_ongoing_requests": options.target_ongoing_requests,
         },
-        "ray_actor_options": {"num_cpus": options.num_cpus},
+        "ray_actor_options": actor,
         "user_config": live.model_dump(mode="json"),
         "health_check_period_s": 5.0,
         "graceful_shutdown_timeout_s": 10.0,
@@ -234,6 +272,7 @@ def live_settings(args: AppArgs, options: ServeOptions) -> LiveSettings:
         {
             "max_batch_size": options.max_batch_size,
             "batch_wait_timeout_s": options.batch_wait_timeout_s,
+            "max_batch_bytes": args.max_batch_bytes,
             "request_log_sample_rate": options.request_log_sample_rate,
             "poll_interval_s": args.poll_interval_s,
             "request_log_flush_s": args.request_log_flush_s,
@@ -252,6 +291,7 @@ def replica_args(args: AppArgs) -> dict[str, Any]:
         request_log=args.request_log or f"{store}/request_logs",
         max_body_bytes=args.max_body_bytes,
         api_key_sha256=args.api_key_sha256,
+        require_api_key=args.require_api_key,
     ).model_dump()
 
 
@@ -307,16 +347,40 @@ class _Slot:
             if canary is not None and random.random() * 100.0 < self.canary_percent:
                 return canary
             return self.primary
-        if not version.isdigit():
-            raise ClientError(400, f"version must be a positive integer, got {version!r}")
+        number = parse_version(version)
         served = self.served()
-        scorer = served.get(int(version))
+        scorer = served.get(number)
         if scorer is None:
             listed = ", ".join(str(v) for v in sorted(served))
             raise ClientError(
-                404, f"version {version} of model {self.name!r} is not served; served versions: {listed}"
+                404, f"version {number} of model {self.name!r} is not served; served versions: {listed}"
             )
         return scorer
+
+
+class GateRefusedError(UserError):
+    """The version's recorded (and, with trusted keys, signed) gate outcome is "refused"."""
+
+    http_status = 409
+
+
+def check_gate(mv: Any) -> None:
+    """Refuse a version its own gate refused, whatever alias points at it.
+
+    With trusted keys the gate outcome is covered by the version's signature, so an alias moved by
+    hand (or by someone who can write the store but not sign) cannot put a refused model online.
+
+    Raises:
+        GateRefusedError: the recorded gate outcome says the version did not pass.
+    """
+    gate = mv.gate
+    if gate is not None and gate.get("passed") is False:
+        reasons = "; ".join(str(r) for r in gate.get("reasons") or []) or "no reason recorded"
+        aliases = f" (aliases: {', '.join(mv.aliases)})" if mv.aliases else ""
+        raise GateRefusedError(
+            f"{mv.ref}{aliases} was refused by its promotion gate ({reasons}); serving refuses it. "
+            "Register a version that passes the gate, or point the alias back at one that did"
+        )
 
 
 def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
@@ -333,7 +397,29 @@ _REASONS = {
     404: "not_found",
     405: "method_not_allowed",
     413: "too_large",
+    415: "unsupported_media_type",
 }
+_HEALTH = frozenset(["/v2/health/live", "/v2/health/live/", "/v2/health/ready", "/v2/health/ready/"])
+
+
+class _Refusals:
+    """Versions this replica could not load, remembered so that each poll does not try (and log) again.
+
+    The registry already refuses a re-download of a version that failed verification for a few
+    minutes (``NEGATIVE_TTL_S``); this keeps the watcher from even asking, and logs each refusal
+    once instead of every ``poll_interval_s``.
+    """
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._seen: dict[tuple[str, int, str], float] = {}
+
+    def active(self, key: tuple[str, int, str]) -> bool:
+        at = self._seen.get(key)
+        return at is not None and time.monotonic() - at < self.ttl_s
+
+    def note(self, key: tuple[str, int, str]) -> None:
+        self._seen[key] = time.monotonic()
 
 
 class ModelServer:
@@ -341,33 +427,49 @@ class ModelServer:
 
     Args:
         init: the replica arguments made by :func:`build_app` (models, store, limits, auth digest).
+
+    Raises:
+        ConfigError: the replica must require an API key and has none (it refuses to start, so
+            no replica ever answers without auth by accident).
+        GateRefusedError: a served version was refused by its gate.
     """
 
     def __init__(self, init: dict[str, Any]) -> None:
-        from raymlops.registry import ModelStore, parse_ref
+        from raymlops.registry import NEGATIVE_TTL_S, ModelStore, parse_ref
 
         args = _ReplicaArgs.model_validate(init)
-        self.store = ModelStore(args.store)
         self.auth = ApiKeyCheck(args.api_key_sha256)
+        if args.require_api_key and not self.auth.enabled:
+            from ._auth import API_KEY_ENV
+
+            raise ConfigError(
+                f"this replica requires an API key and has none: set {API_KEY_ENV} (non-empty) in "
+                "every replica's environment (a Kubernetes Secret on a RayService), or deploy with "
+                "require_api_key: false for an edge that is private by other means"
+            )
+        self.store = ModelStore(args.store)
         self.max_body_bytes = args.max_body_bytes
         self.metrics = ServeMetrics()
         self.live = LiveSettings.model_validate({})
         self.request_log_uri = args.request_log
         self.request_log: RequestLog | None = None
         self._lock = threading.Lock()
+        self._refusals = _Refusals(NEGATIVE_TTL_S)
+        self._last_problem: dict[str, str] = {}
         self.slots: dict[str, _Slot] = {}
         for ref in args.models:
             parsed = parse_ref(ref)
-            version = self.store.get(ref).version
-            scorer = self._new_scorer(parsed.name, version)
+            mv = self.store.get(ref)
+            check_gate(mv)
+            scorer = self._new_scorer(parsed.name, mv.version)
             self.slots[parsed.name] = _Slot(
                 name=parsed.name,
                 ref=ref,
                 follows_alias=parsed.version is None,
                 primary=scorer,
-                loaded={version: scorer},
+                loaded={mv.version: scorer},
             )
-            log.info("serving %s as %s:%s", ref, parsed.name, version)
+            log.info("serving %s as %s:%s", ref, parsed.name, mv.version)
         self._inflight = 0
         self._stop = threading.Event()
         self._last_flush = time.monotonic()
@@ -377,8 +479,10 @@ class ModelServer:
     # ---- model management -------------------------------------------------------------------
     def _new_scorer(self, name: str, version: int) -> VersionScorer:
         mv, path = self.store.fetch(f"{name}:{version}")
-        bundle = ModelBundle.from_dir(path, mv.metadata)
-        return VersionScorer(bundle, self.live.max_batch_size, self.live.batch_wait_timeout_s)
+        check_gate(mv)
+        bundle = ModelBundle.from_dir(path, mv.metadata, threads=1)
+        live = self.live
+        return VersionScorer(bundle, live.max_batch_size, live.batch_wait_timeout_s, live.max_batch_bytes)
 
     def _scorer(self, slot: _Slot, version: int) -> VersionScorer:
         scorer = slot.loaded.get(version)
@@ -400,47 +504,75 @@ class ModelServer:
             if not slot.follows_alias:
                 continue
             try:
-                version = self.store.get(slot.ref).version
-                if version != slot.primary.version:
-                    scorer = self._scorer(slot, version)
-                    previous, slot.primary = slot.primary.version, scorer
-                    log.warning(
-                        "model %s: %s now resolves to version %s (was %s)",
-                        slot.name,
-                        slot.ref,
-                        version,
-                        previous,
-                    )
+                mv = self.store.get(slot.ref)
+                if mv.version == slot.primary.version:
+                    self._last_problem.pop(slot.name, None)
+                    continue
+                key = (slot.name, mv.version, mv.metadata_sha256 or "")
+                if self._refusals.active(key):
+                    continue
+                try:
+                    scorer = self._scorer(slot, mv.version)
+                except Exception:
+                    self._refusals.note(key)
+                    raise
+                previous, slot.primary = slot.primary.version, scorer
+                self._last_problem.pop(slot.name, None)
+                log.warning(
+                    "model %s: %s now resolves to version %s (was %s)",
+                    slot.name,
+                    slot.ref,
+                    mv.version,
+                    previous,
+                )
             except Exception as err:  # a broken or unreachable new version must not stop serving the old one
-                log.warning("model %s: keeping version %s: %s", slot.name, slot.primary.version, err)
+                message = str(err)
+                if self._last_problem.get(slot.name) != message:  # once per problem, not every poll
+                    self._last_problem[slot.name] = message
+                    log.warning("model %s: keeping version %s: %s", slot.name, slot.primary.version, err)
 
     def _watch(self) -> None:
         while not self._stop.wait(self.live.poll_interval_s):
-            self._refresh()
-            request_log = self.request_log
-            if request_log is not None and (
-                request_log.pending_rows >= request_log.flush_rows
-                or time.monotonic() - self._last_flush >= self.live.request_log_flush_s
-            ):
-                request_log.flush()
-                self._last_flush = time.monotonic()
+            try:
+                self.metrics.flush()
+                self._refresh()
+                self._maybe_flush()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one failure
+                log.exception("alias watcher: an iteration failed; it goes on")
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply :class:`LiveSettings` in place (Serve calls this for every ``user_config`` change)."""
+    def _maybe_flush(self) -> None:
+        request_log = self.request_log
+        if request_log is not None and (
+            request_log.pending_rows >= request_log.flush_rows
+            or time.monotonic() - self._last_flush >= self.live.request_log_flush_s
+        ):
+            self._last_flush = time.monotonic()
+            request_log.flush()
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply :class:`LiveSettings` in place (Serve calls this for every ``user_config`` change).
+
+        A canary version that is not loaded yet is loaded in a worker thread: in Serve's
+        throughput-optimized mode this method runs on the event loop that answers requests, and a
+        model load there would hold every request for as long as it takes.
+        """
         live = LiveSettings.model_validate(user_config)
         unknown = sorted(set(live.canary) - set(self.slots))
         if unknown:
             raise ConfigError(f"canary for model(s) not served here: {', '.join(unknown)}")
+        canaries = {
+            name: await asyncio.to_thread(self._scorer, self.slots[name], spec.version)
+            for name, spec in live.canary.items()
+        }
         self.live = live
         for slot in self.slots.values():
             spec = live.canary.get(slot.name)
             if spec is None:
                 slot.canary, slot.canary_percent = None, 0.0
             else:
-                slot.canary = self._scorer(slot, spec.version)
-                slot.canary_percent = spec.percent
+                slot.canary, slot.canary_percent = canaries[slot.name], spec.percent
             for scorer in slot.loaded.values():
-                scorer.set_batching(live.max_batch_size, live.batch_wait_timeout_s)
+                scorer.set_batching(live.max_batch_size, live.batch_wait_timeout_s, live.max_batch_bytes)
         if live.request_log_sample_rate > 0:
             if self.request_log is None:
                 self.request_log = RequestLog(self.request_log_uri, live.request_log_sample_rate)
@@ -463,13 +595,14 @@ class ModelServer:
         if stop is not None:
             stop.set()
         if getattr(self, "request_log", None) is not None:
-            self.flush_request_log()
+            with contextlib.suppress(Exception):  # nothing to tell at interpreter shutdown
+                self.flush_request_log()
 
     # ---- HTTP -------------------------------------------------------------------------------
     async def __call__(self, request: Request) -> Response:
         started = time.perf_counter()
         path: str = request.scope["path"]
-        info: dict[str, Any] = {"model": "-", "version": "-", "protocol": "other"}
+        info: dict[str, Any] = {"model": UNKNOWN_MODEL, "version": "-", "protocol": "other"}
         reason: str | None = None
         self._inflight += 1
         try:
@@ -477,6 +610,9 @@ class ModelServer:
         except ClientError as err:
             response = _error(err.status, err.message)
             reason = _REASONS.get(err.status, f"http_{err.status}")
+        except UserError as err:
+            response = _error(err.http_status, str(err))
+            reason = _REASONS.get(err.http_status, f"http_{err.http_status}")
         except Exception:
             log.exception("internal error on %s %s", request.method, path)
             response = _error(500, "internal error; see the replica log")
@@ -492,22 +628,24 @@ class ModelServer:
 
     async def _route(self, request: Request, path: str, info: dict[str, Any]) -> Response:
         method = request.method
-        if path.startswith("/v2/health/"):
+        if path in _HEALTH:
             self._allow(method, "GET")
-            if path in ("/v2/health/live", "/v2/health/live/"):
+            if path.startswith("/v2/health/live"):
                 return _json(200, {"live": True})
-            if path in ("/v2/health/ready", "/v2/health/ready/"):
-                return _json(200, {"ready": bool(self.slots)})
-            raise ClientError(404, f"no such endpoint: {path}")
-        m = _V1.match(path)
-        if m:
-            return await self._v1(request, method, m["name"], m["version"], m["op"], info)
+            return _json(200, {"ready": bool(self.slots)})
         m = _V2.match(path)
+        if m and m["op"] == "/ready":  # open like /v2/health/*, but says no more than ready or not
+            return self._v2_ready(request, method, m["name"], m["version"], info)
+        if m or path.startswith(("/v1/", "/v2/")):
+            info["protocol"] = "tf" if path.startswith("/v1/") else "v2"
+        self._authorize(request)  # before anything else: unknown paths and models, methods, bodies
+        v1 = _V1.match(path)
+        if v1:
+            return await self._v1(request, method, v1["name"], v1["version"], v1["op"], info)
         if m:
             return await self._v2(request, method, m["name"], m["version"], m["op"], info)
         if path in ("/v2", "/v2/"):
             self._allow(method, "GET")
-            self._authorize(request)
             from raymlops import __version__
 
             return _json(
@@ -515,7 +653,6 @@ class ModelServer:
             )
         if path in ("/v1/models", "/v2/models", "/v1/models/", "/v2/models/"):
             self._allow(method, "GET")
-            self._authorize(request)
             return _json(200, {"models": sorted(self.slots)})
         raise ClientError(
             404, f"no such endpoint: {method} {path} (see /v1/models/NAME:predict and /v2/models/NAME/infer)"
@@ -530,12 +667,13 @@ class ModelServer:
         if not self.auth.allows(request.headers.get("authorization")):
             raise ClientError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'")
 
-    def _slot(self, name: str) -> _Slot:
+    def _slot(self, name: str, info: dict[str, Any]) -> _Slot:
         slot = self.slots.get(name)
         if slot is None:
             raise ClientError(
                 404, f"model {name!r} is not served here; served: {', '.join(sorted(self.slots))}"
             )
+        info["model"] = name  # a served name only: metric series stay bounded
         return slot
 
     async def _body(self, request: Request, allow_binary: bool) -> bytes:
@@ -550,35 +688,36 @@ class ModelServer:
                     " (or application/octet-stream with binary tensors)" if allow_binary else ""
                 )
                 raise ClientError(415, f"unsupported content type {mime!r}; send {wanted}")
+        limit = self.max_body_bytes
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            raise ClientError(
-                413, f"request body of {length} bytes is larger than the limit of {self.max_body_bytes}"
-            )
-        body = await request.body()
-        if len(body) > self.max_body_bytes:
-            raise ClientError(
-                413, f"request body of {len(body)} bytes is larger than the limit of {self.max_body_bytes}"
-            )
-        return decode_body(body, request.headers.get("content-encoding"), self.max_body_bytes)
+        if length is not None and length.isascii() and length.isdigit() and int(length) > limit:
+            raise ClientError(413, f"request body of {length} bytes is larger than the limit of {limit}")
+        # Read as it streams in, so a chunked body (no Content-Length) stops at the limit too.
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ClientError(413, f"request body is larger than the limit of {limit} bytes")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        return decode_body(body, request.headers.get("content-encoding"), limit)
 
     def _log_request(
         self, slot: _Slot, scorer: VersionScorer, protocol: str, request: Request, outcome: ScoreOutcome
     ) -> None:
         request_log = self.request_log
-        if (
-            request_log is None
-            or outcome.inputs is None
-            or outcome.labels is None
-            or not request_log.sampled()
-        ):
+        if request_log is None or outcome.labels is None or not request_log.sampled():
+            return
+        inputs = outcome.inputs(scorer.bundle)
+        if inputs is None:
             return
         request_log.add(
             slot.name,
             scorer.version,
             protocol,
             request.headers.get("x-request-id"),
-            outcome.inputs,
+            inputs,
             outcome.labels,
             outcome.probabilities,
             scorer.bundle.classes,
@@ -607,15 +746,13 @@ class ModelServer:
         op: str | None,
         info: dict[str, Any],
     ) -> Response:
-        info.update(model=name, protocol="tf")
-        self._authorize(request)
-        slot = self._slot(name)
+        slot = self._slot(name, info)
         if op == ":predict":
             self._allow(method, "POST")
             scorer = slot.pick(version)
             info["version"] = str(scorer.version)
             body = await self._body(request, allow_binary=False)
-            columns = parse_tf_predict(parse_json(body), scorer.bundle.schema.features)
+            columns = await _off_loop_if_large(body, _parse_tf, body, scorer.bundle)
             outcome = await self._score(slot, scorer, columns, "tf", request)
             assert outcome.labels is not None
             payload = format_tf_predict(columns.columnar, outcome.labels, outcome.probabilities)
@@ -641,6 +778,20 @@ class ModelServer:
         )
 
     # ---- Open Inference Protocol v2 ---------------------------------------------------------
+    def _v2_ready(
+        self, request: Request, method: str, name: str, version: str | None, info: dict[str, Any]
+    ) -> Response:
+        """Model readiness: open, but without the key it says only ready or not (no versions)."""
+        self._allow(method, "GET")
+        if not self.auth.allows(request.headers.get("authorization")):
+            slot = self.slots.get(name)
+            ready = slot is not None and (version is None or version in map(str, slot.served()))
+            return _json(200 if ready else 404, {"ready": ready})
+        info["protocol"] = "v2"
+        slot = self._slot(name, info)
+        scorer = slot.pick(version) if version is not None else slot.primary
+        return _json(200, {"name": name, "version": str(scorer.version), "ready": True})
+
     async def _v2(
         self,
         request: Request,
@@ -650,14 +801,7 @@ class ModelServer:
         op: str | None,
         info: dict[str, Any],
     ) -> Response:
-        info.update(model=name, protocol="v2")
-        if op == "/ready":  # a health endpoint: open like /v2/health/*
-            self._allow(method, "GET")
-            slot = self._slot(name)
-            scorer = slot.pick(version) if version is not None else slot.primary
-            return _json(200, {"name": name, "version": str(scorer.version), "ready": True})
-        self._authorize(request)
-        slot = self._slot(name)
+        slot = self._slot(name, info)
         if op is None:
             self._allow(method, "GET")
             return _json(200, _v2_metadata(slot, slot.pick(version) if version is not None else None))
@@ -668,14 +812,10 @@ class ModelServer:
         body = await self._body(request, allow_binary=header_length is not None)
         binary: bytes | None = None
         if header_length is not None:
-            if not header_length.isdigit() or int(header_length) > len(body):
-                raise ClientError(
-                    400, f"Inference-Header-Content-Length {header_length!r} does not fit the body"
-                )
-            cut = int(header_length)
+            cut = parse_header_length(header_length, len(body))
             body, binary = body[:cut], body[cut:]
         bundle = scorer.bundle
-        parsed = parse_v2_infer(parse_json(body), binary, bundle.schema.features, _output_names(bundle))
+        parsed = await _off_loop_if_large(body, _parse_v2, body, binary, bundle)
         outcome = await self._score(slot, scorer, parsed.columns, "v2", request)
         assert outcome.labels is not None
         content, headers = format_v2_infer(
@@ -683,6 +823,36 @@ class ModelServer:
         )
         media = "application/octet-stream" if headers else "application/json"
         return Response(content, status_code=200, headers=headers, media_type=media)
+
+
+async def _off_loop_if_large(body: bytes, fn: Any, *args: Any) -> Any:
+    """Run a parser on the event loop for a small body, in a worker thread for a large one."""
+    if len(body) > PARSE_OFFLOAD_BYTES:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
+def _parse_tf(body: bytes, bundle: ModelBundle) -> Columns:
+    schema = bundle.schema
+    columns = parse_tf_predict(
+        parse_json(body), schema.features, _ignorable(schema), categorical=bool(schema.categorical)
+    )
+    columns.n_bytes = len(body)
+    return columns
+
+
+def _parse_v2(body: bytes, binary: bytes | None, bundle: ModelBundle) -> V2Request:
+    schema = bundle.schema
+    parsed = parse_v2_infer(
+        parse_json(body), binary, schema.features, _output_names(bundle), categorical=bool(schema.categorical)
+    )
+    parsed.columns.n_bytes = len(body) + len(binary or b"")
+    return parsed
+
+
+def _ignorable(schema: Any) -> list[str]:
+    """Columns a client may send by name that are not features: the ones training dropped."""
+    return [*schema.dropped, *schema.excluded]
 
 
 # ---- metadata documents ------------------------------------------------------------------------

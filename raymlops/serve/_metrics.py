@@ -3,11 +3,17 @@
 ``ray.serve.metrics`` adds the deployment, replica and application tags; these add model, version
 and protocol so a canary's error rate and prediction mix can be compared with the champion's.
 Outside a Serve replica (unit tests, the bare benchmark) a no-op stands in.
+
+Counts are added up in memory on the request path and handed to Ray by :meth:`ServeMetrics.flush`
+(the replica's watcher thread calls it every poll): one Ray metric call costs ~10 us, and a request
+made five of them. Latencies are observed one by one (a histogram needs each value) but also at
+flush time, off the request path.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -65,6 +71,25 @@ class ServeMetrics:
             )
         except Exception:  # outside Ray (tests of the pure parts, the bare benchmark): record nothing
             self.requests = self.latency = self.errors = self.predictions = self.rows = None
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._latencies: list[tuple[float, tuple[tuple[str, str], ...]]] = []
+
+    def _add(self, metric: str, tags: tuple[tuple[str, str], ...], value: float = 1.0) -> None:
+        key = (metric, tags)
+        self._counts[key] = self._counts.get(key, 0.0) + value
+
+    def flush(self) -> None:
+        """Hand everything counted since the last flush to Ray's metrics (any thread)."""
+        if self.requests is None:
+            return
+        with self._lock:
+            counts, self._counts = self._counts, {}
+            latencies, self._latencies = self._latencies, []
+        for (metric, tags), value in counts.items():
+            getattr(self, metric).inc(value, dict(tags))
+        for value, tags in latencies:
+            self.latency.observe(value, dict(tags))
 
     def record(
         self,
@@ -78,21 +103,28 @@ class ServeMetrics:
         """Count one answered request (and its error reason, if any)."""
         if self.requests is None:
             return
-        self.requests.inc(
-            1, {"model": model, "version": version, "protocol": protocol, "status": str(status)}
-        )
-        self.latency.observe(latency_ms, {"model": model, "version": version, "protocol": protocol})
-        if reason is not None:
-            self.errors.inc(1, {"model": model, "version": version, "reason": reason})
+        base = (("model", model), ("version", version))
+        with self._lock:
+            self._add("requests", (*base, ("protocol", protocol), ("status", str(status))))
+            self._latencies.append((latency_ms, (*base, ("protocol", protocol))))
+            if reason is not None:
+                self._add("errors", (*base, ("reason", reason)))
 
     def record_predictions(self, model: str, version: str, labels: np.ndarray, classification: bool) -> None:
         """Add the rows of one answered request to the prediction distribution."""
         if self.predictions is None:
             return
-        self.rows.inc(len(labels), {"model": model, "version": version})
-        if classification:
+        base = (("model", model), ("version", version))
+        if len(labels) == 1:  # the common case: one row, no np.unique
+            value = labels[0]
+            pairs = [(str(value) if classification else value_bucket(float(value)), 1)]
+        elif classification:
             values, counts = np.unique(labels.astype(str), return_counts=True)
+            pairs = list(zip(values.tolist(), counts.tolist(), strict=True))
         else:
             values, counts = np.unique([value_bucket(float(v)) for v in labels], return_counts=True)
-        for value, count in list(zip(values.tolist(), counts.tolist(), strict=True))[:_MAX_LABEL_TAGS]:
-            self.predictions.inc(count, {"model": model, "version": version, "label": str(value)})
+            pairs = list(zip(values.tolist(), counts.tolist(), strict=True))
+        with self._lock:
+            self._add("rows", base, len(labels))
+            for label, count in pairs[:_MAX_LABEL_TAGS]:
+                self._add("predictions", (*base, ("label", str(label))), count)

@@ -111,6 +111,9 @@ def test_raymlops_serve_blocks_serves_and_stops_on_ctrl_c(serve_store, tmp_path)
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
     reader.start()
     url = f"http://127.0.0.1:{port}"
+    from raymlops.model import ModelBundle
+
+    row = [0.0] * len(ModelBundle.load("digits:1", serve_store).schema.features)
     try:
         deadline = time.monotonic() + 150
         while time.monotonic() < deadline and not any(f"at {url}" in line for line in lines):
@@ -119,14 +122,12 @@ def test_raymlops_serve_blocks_serves_and_stops_on_ctrl_c(serve_store, tmp_path)
         assert httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
         r = httpx.post(
             f"{url}/v1/models/digits:predict",
-            json={"instances": [[0.0] * 64]},
+            json={"instances": [row]},
             headers={"Authorization": "Bearer cli-key"},
             timeout=30,
         )
         assert r.status_code == 200, r.text
-        assert (
-            httpx.post(f"{url}/v1/models/digits:predict", json={"instances": [[0.0] * 64]}).status_code == 401
-        )
+        assert httpx.post(f"{url}/v1/models/digits:predict", json={"instances": [row]}).status_code == 401
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -26,8 +26,14 @@ def client(served: Served):
 
 
 @pytest.fixture(scope="module")
-def digits_rows() -> pd.DataFrame:
-    return load_digits(as_frame=True).frame.drop(columns=["target"]).iloc[:7]
+def features(served: Served) -> list[str]:
+    """The served model's feature columns (training may leave constant pixels out)."""
+    return ModelBundle.load("digits:1", served.store).schema.features
+
+
+@pytest.fixture(scope="module")
+def digits_rows(features: list[str]) -> pd.DataFrame:
+    return load_digits(as_frame=True).frame[features].iloc[:7]
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +90,7 @@ def test_v2_infer_equals_batch_scoring(client, digits_rows, expected):
     )
 
 
-def test_metadata_status_and_health(client, served):
+def test_metadata_status_and_health(client, served, features):
     status = client.get("/v1/models/digits").json()
     assert status["model_version_status"][0]["version"] == "1"
     assert status["model_version_status"][0]["state"] == "AVAILABLE"
@@ -95,7 +101,7 @@ def test_metadata_status_and_health(client, served):
 
     v2 = client.get("/v2/models/digits").json()
     assert v2["name"] == "digits" and v2["versions"] == ["1"]
-    assert v2["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 64]}]
+    assert v2["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, len(features)]}]
     assert client.get("/v2/models/digits/ready").json()["ready"] is True
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").json() == {"ready": True}
@@ -160,7 +166,10 @@ def _row(**changes: object) -> dict:
     return row
 
 
-GOOD = {"instances": [[0.0] * 64]}
+def GOOD(n: int) -> dict:  # noqa: N802 - a request body, built for the served feature count
+    return {"instances": [[0.0] * n]}
+
+
 CASES = [
     # (name, method, path, kwargs, status, words in the error)
     ("malformed json", "POST", "/v1/models/digits:predict", {"content": b"{nope"}, 400, ["malformed JSON"]),
@@ -169,7 +178,7 @@ CASES = [
         "wrong content type",
         "POST",
         "/v1/models/digits:predict",
-        {"content": json.dumps(GOOD).encode(), "headers": {"content-type": "text/plain"}},
+        lambda n: {"content": json.dumps(GOOD(n)).encode(), "headers": {"content-type": "text/plain"}},
         415,
         ["text/plain", "application/json"],
     ),
@@ -233,24 +242,28 @@ CASES = [
         "short row",
         "POST",
         "/v1/models/digits:predict",
-        {"json": {"instances": [[1.0] * 63]}},
+        lambda n: {"json": {"instances": [[1.0] * (n - 1)]}},
         400,
-        ["63 values"],
+        lambda n: [f"{n - 1} values"],
     ),
     ("empty batch", "POST", "/v1/models/digits:predict", {"json": {"instances": []}}, 400, ["empty batch"]),
     (
         "wrong shape",
         "POST",
         "/v2/models/digits/infer",
-        {"json": {"inputs": [{"name": "x", "shape": [1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}]}},
+        lambda n: {
+            "json": {"inputs": [{"name": "x", "shape": [1, n, 1], "datatype": "FP32", "data": [0.0] * n}]}
+        },
         400,
-        ["wrong shape", "[N, 64]"],
+        lambda n: ["wrong shape", f"[N, {n}]"],
     ),
     (
         "strings in FP32",
         "POST",
         "/v2/models/digits/infer",
-        {"json": {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": ["a"] * 64}]}},
+        lambda n: {
+            "json": {"inputs": [{"name": "x", "shape": [1, n], "datatype": "FP32", "data": ["a"] * n}]}
+        },
         400,
         ["FP32", "numbers"],
     ),
@@ -258,13 +271,34 @@ CASES = [
         "oversized body",
         "POST",
         "/v1/models/digits:predict",
-        {"json": {"instances": [[0.0] * 64] * 3000}},
+        lambda n: {"json": {"instances": [[0.0] * n] * 3000}},
         413,
         ["larger than the limit"],
     ),
-    ("unknown model", "POST", "/v1/models/nope:predict", {"json": GOOD}, 404, ["'nope'", "digits"]),
-    ("unknown version", "POST", "/v1/models/digits/versions/9:predict", {"json": GOOD}, 404, ["version 9"]),
-    ("bad version", "POST", "/v2/models/digits/versions/x/infer", {"json": GOOD}, 400, ["positive integer"]),
+    (
+        "unknown model",
+        "POST",
+        "/v1/models/nope:predict",
+        lambda n: {"json": GOOD(n)},
+        404,
+        ["'nope'", "digits"],
+    ),
+    (
+        "unknown version",
+        "POST",
+        "/v1/models/digits/versions/9:predict",
+        lambda n: {"json": GOOD(n)},
+        404,
+        ["version 9"],
+    ),
+    (
+        "bad version",
+        "POST",
+        "/v2/models/digits/versions/x/infer",
+        lambda n: {"json": GOOD(n)},
+        400,
+        ["positive integer"],
+    ),
     ("get on predict", "GET", "/v1/models/digits:predict", {}, 405, ["POST"]),
     ("unknown path", "GET", "/v3/whatever", {}, 404, ["no such endpoint"]),
 ]
@@ -274,29 +308,32 @@ CASES = [
     ("name", "method", "path", "kwargs", "status", "words"), CASES, ids=[c[0] for c in CASES]
 )
 def test_client_mistakes_get_4xx_naming_the_problem_and_the_replica_keeps_serving(
-    client, name, method, path, kwargs, status, words
+    client, features, name, method, path, kwargs, status, words
 ):
+    n = len(features)
+    kwargs = kwargs(n) if callable(kwargs) else kwargs
+    words = words(n) if callable(words) else words
     r = client.request(method, path, **kwargs)
     assert r.status_code == status, (r.status_code, r.text)
     message = r.json()["error"]
     for word in words:
         assert word in message, message
-    assert client.post("/v1/models/digits:predict", json=GOOD).status_code == 200
+    assert client.post("/v1/models/digits:predict", json=GOOD(n)).status_code == 200
 
 
-def test_gzip_request_body(client):
+def test_gzip_request_body(client, features):
     r = client.post(
         "/v1/models/digits:predict",
-        content=gzip.compress(json.dumps(GOOD).encode()),
+        content=gzip.compress(json.dumps(GOOD(len(features))).encode()),
         headers={"content-type": "application/json", "content-encoding": "gzip"},
     )
     assert r.status_code == 200, r.text
 
 
-def test_auth_guards_inference_and_metadata_but_not_health(served):
+def test_auth_guards_inference_and_metadata_but_not_health(served, features):
     with httpx.Client(base_url=served.url, timeout=30) as anon:
         for method, path, body in [
-            ("POST", "/v1/models/digits:predict", GOOD),
+            ("POST", "/v1/models/digits:predict", GOOD(len(features))),
             ("GET", "/v1/models/digits", None),
             ("GET", "/v1/models/digits/metadata", None),
             ("GET", "/v2/models/digits", None),
@@ -311,9 +348,9 @@ def test_auth_guards_inference_and_metadata_but_not_health(served):
             assert anon.get(path).status_code == 200, path
 
 
-def test_prometheus_metrics_per_model_and_version(client):
+def test_prometheus_metrics_per_model_and_version(client, features):
     for _ in range(3):
-        assert client.post("/v1/models/digits:predict", json=GOOD).status_code == 200
+        assert client.post("/v1/models/digits:predict", json=GOOD(len(features))).status_code == 200
     client.post("/v1/models/digits:predict", json={"instances": []})
     deadline = time.monotonic() + 45
     text = ""
@@ -381,4 +418,4 @@ def test_a_batch_rejects_only_the_request_with_a_bad_row(served, digits_rows, ex
     )
     np.testing.assert_allclose(last.probabilities, _proba(expected)[4:], atol=1e-12)
     assert bad.labels is None
-    assert bad.error == "1 of 2 row(s) cannot be scored: row 1: pixel_0_5: 'abc' is not a number"
+    assert bad.error == f"1 of 2 row(s) cannot be scored: row 1: {features[5]}: 'abc' is not a number"

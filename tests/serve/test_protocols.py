@@ -265,3 +265,90 @@ def test_regression_prediction_buckets_are_bounded():
     assert value_bucket(123.0) == "+1e2"
     assert value_bucket(-0.05) == "-1e-2"
     assert value_bucket(float("nan")) == "nan"
+
+
+# ---- client input that used to give a 500 (issue 15) ------------------------------------------
+@pytest.mark.parametrize("text", ["²", "١", "9" * 4300, "0", "-1", "1.5", ""])
+def test_a_version_that_is_not_ascii_digits_is_a_400_not_a_crash(text):
+    from raymlops.serve._protocols import parse_version
+
+    err = _client_error(parse_version, text)
+    assert err.status == 400 and "positive integer" in err.message
+    assert len(err.message) < 200  # a 4,300-digit version is not echoed back whole
+
+
+def test_a_version_of_ascii_digits_parses():
+    from raymlops.serve._protocols import parse_version
+
+    assert parse_version("12") == 12
+
+
+@pytest.mark.parametrize("text", ["²", "١٢", "12x", "99"])
+def test_inference_header_length_must_be_ascii_digits_within_the_body(text):
+    from raymlops.serve._protocols import parse_header_length
+
+    err = _client_error(parse_header_length, text, 10)
+    assert "Inference-Header-Content-Length" in err.message
+
+
+def test_output_parameters_that_are_not_an_object_are_a_400():
+    payload = {
+        "inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}],
+        "outputs": [{"name": "prediction", "parameters": "x"}],
+    }
+    err = _client_error(parse_v2_infer, payload, None, FEATURES, OUTPUTS)
+    assert "outputs[0].parameters" in err.message
+
+
+@pytest.mark.parametrize("depth", [2000, 200_000])
+def test_deeply_nested_json_is_a_400_not_a_recursion_error(depth):
+    err = _client_error(parse_json, b"[" * depth + b"]" * depth)
+    assert err.status == 400 and "malformed JSON" in err.message
+
+
+def test_json_errors_still_name_the_problem():
+    assert "NaN" in _client_error(parse_json, b'{"a": [NaN]}').message
+    assert "too large" in _client_error(parse_json, b'{"a": [' + b"9" * 400 + b"]}").message
+    assert parse_json(b'{"a": [1, 2.5, null]}') == {"a": [1, 2.5, None]}
+
+
+# ---- the fast path: numbers go straight into one matrix ----------------------------------------
+def test_numeric_rows_and_objects_carry_one_matrix_in_feature_order():
+    rows = parse_tf_predict({"instances": [[1, 2, 3], [4, 5, 6]]}, FEATURES)
+    objects = parse_tf_predict({"instances": [{"c": 3, "b": 2, "a": 1}, {"a": 4, "b": 5, "c": 6}]}, FEATURES)
+    for parsed in (rows, objects):
+        assert parsed.matrix is not None
+        np.testing.assert_array_equal(parsed.matrix, [[1, 2, 3], [4, 5, 6]])
+    v2 = parse_v2_infer(
+        {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}]},
+        None,
+        FEATURES,
+        OUTPUTS,
+    )
+    assert v2.columns.matrix is not None and v2.columns.matrix.shape == (2, 3)
+
+
+def test_mixed_values_or_categorical_models_keep_columns_for_the_row_checks():
+    assert parse_tf_predict({"instances": [[1, "x", None]]}, FEATURES).matrix is None
+    assert parse_tf_predict({"instances": [[1, 2, 3]]}, FEATURES, categorical=True).matrix is None
+
+
+def test_a_row_may_carry_the_columns_training_dropped_but_not_unknown_ones():
+    dropped = ["pixel_0_0"]
+    parsed = parse_tf_predict({"instances": [{"a": 1, "b": 2, "c": 3, "pixel_0_0": 0}]}, FEATURES, dropped)
+    assert list(parsed.data) == FEATURES
+    columns = parse_tf_predict(
+        {"inputs": {"a": [1], "b": [2], "c": [3], "pixel_0_0": [0]}}, FEATURES, dropped
+    )
+    assert columns.n_rows == 1
+    err = _client_error(
+        parse_tf_predict, {"instances": [{"a": 1, "b": 2, "c": 3, "zz": 0}]}, FEATURES, dropped
+    )
+    assert "unknown feature" in err.message and "zz" in err.message
+
+
+def test_encode_json_writes_numpy_and_non_finite_values_as_json():
+    from raymlops.serve._protocols import encode_json
+
+    out = json.loads(encode_json({"a": np.array([1.5, np.nan]), "b": np.int64(3), "c": float("inf")}))
+    assert out == {"a": [1.5, None], "b": 3, "c": None}

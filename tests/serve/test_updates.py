@@ -16,15 +16,22 @@ from .conftest import Served, metrics_text
 
 pytestmark = pytest.mark.slow
 
-GOOD = {"instances": [[0.0] * 64]}
+
+def _good(served: Served) -> dict:
+    """One row of zeros for the served model (its feature count, whatever training kept)."""
+    from raymlops.model import ModelBundle
+
+    return {"instances": [[0.0] * len(ModelBundle.load("digits:1", served.store).schema.features)]}
 
 
 class Load:
     """Closed-loop clients posting the same request until stopped; every answer is kept."""
 
-    def __init__(self, served: Served, clients: int = 4) -> None:
+    def __init__(self, served: Served, clients: int = 4, rows: int = 1) -> None:
         self.served = served
         self.results: list[tuple[int, str | None]] = []
+        self.body = _good(served)
+        self.body["instances"] = self.body["instances"] * rows
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
@@ -32,7 +39,7 @@ class Load:
         with httpx.Client(base_url=self.served.url, headers=self.served.auth, timeout=30) as client:
             while not self._stop.is_set():
                 try:
-                    r = client.post("/v1/models/digits:predict", json=GOOD)
+                    r = client.post("/v1/models/digits:predict", json=self.body)
                     self.results.append((r.status_code, r.headers.get("x-model-version") or r.text[:200]))
                 except httpx.HTTPError as err:
                     self.results.append((0, repr(err)))
@@ -82,6 +89,7 @@ def test_promotion_and_rollback_under_steady_load_fail_no_request(served):
 
 
 def test_canary_split_changes_in_place_and_reports_per_version_metrics(served):
+    GOOD = _good(served)  # noqa: N806
     with httpx.Client(base_url=served.url, headers=served.auth, timeout=30) as client:
         try:
             with Load(served, clients=2) as load:
@@ -117,3 +125,39 @@ def test_canary_split_changes_in_place_and_reports_per_version_metrics(served):
             client.post("/v1/models/digits:predict", json=GOOD).headers["x-model-version"] for _ in range(20)
         ]
         assert set(tail) == {"1"}
+
+
+@pytest.mark.xfail(
+    reason="open: with HAProxy ingress Serve did not add a replica in 3 min here (2 cores, load 30-60), "
+    "with RAY_SERVE_COLLECT_AUTOSCALING_METRICS_ON_HANDLE=0 too; see the serve helper's report",
+    strict=False,
+)
+def test_autoscaling_adds_a_replica_under_load_on_the_chosen_ingress_without_failing_a_request(served):
+    """Replicas scale on ongoing requests with HAProxy in front too (its metrics come from replicas)."""
+    from ray import serve
+
+    from raymlops.config import ServeOptions
+
+    base = served.start_kwargs["options"]
+    scaled = ServeOptions.model_validate(
+        {**base.model_dump(), "max_replicas": 2, "target_ongoing_requests": 0.01}
+    )
+
+    def running() -> int:
+        app_status = serve.status().applications["raymlops"]
+        counts = app_status.deployments["ModelServer"].replica_states
+        return int(counts.get("RUNNING", 0))
+
+    try:
+        served.redeploy(options=scaled)
+        # The replica's share of a request's time is small next to the test's own HTTP client, so
+        # requests carry 200 rows and the target is low: the replica's ongoing count must exceed it.
+        with Load(served, clients=8, rows=200) as load:
+            deadline = time.monotonic() + 180  # Serve waits upscale_delay_s (30 s) on its metrics
+            while time.monotonic() < deadline and running() < 2:
+                time.sleep(1)
+            assert running() == 2, serve.status().applications["raymlops"].deployments
+            time.sleep(2)  # traffic now reaches both replicas through the ingress
+        assert load.failures() == [], load.failures()[:5]
+    finally:
+        served.redeploy(options=base)
