@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from raymlops._progress import stage
 from raymlops.cluster import connect
 from raymlops.config import PipelineConfig, config_hash
 from raymlops.data.fingerprint import fingerprint_frame
@@ -90,11 +91,14 @@ def _numpy_backed(frame: pd.DataFrame) -> pd.DataFrame:
 
 def prepare_data(cfg: PipelineConfig) -> PreparedData:
     """Read, check and split the data; raises DataError/DataValidationError naming the problem."""
+    stage("ingest")
     raw = read_frame(cfg.data.source)
     fingerprint = fingerprint_frame(raw)
+    stage("checks")
     frame, schema = validate_training_frame(
         _numpy_backed(raw), cfg.data, cfg.validation, cfg.data.source, extra_excluded=_excluded_columns(cfg)
     )
+    stage("split")
     train, val, test = split_frame(frame, schema, cfg.data.split)
     return PreparedData(frame, schema, fingerprint, train, val, test)
 
@@ -212,11 +216,13 @@ def _run_untracked(
 
     started = time.time()
     store_obj = ModelStore(resolve_store_uri(store, cfg.store))
+    stage("start Ray")
     cluster = connect(address)
     log.info("connected to Ray: %s CPUs, %s GPUs, %s node(s)", cluster.cpus, cluster.gpus, cluster.nodes)
 
     prepared = prepare_data(cfg)
     schema = prepared.schema
+    stage("preprocess")
     features = FeaturePipeline(cfg.preprocess).fit(prepared.train, schema)
     plan = features.to_plan()
     data = TrainingData.from_arrays(
@@ -235,6 +241,7 @@ def _run_untracked(
 
     results = []
     for model_cfg in cfg.models:
+        stage(f"search {model_cfg.name}")
         trained = train_model(
             model_cfg,
             cfg.tune,
@@ -252,6 +259,7 @@ def _run_untracked(
     def rank(item: tuple[TrainedModel, Any, Any, dict[str, float]]) -> float:
         return item[0].val_metric if mode == "max" else -item[0].val_metric
 
+    stage("evaluation")
     best_trained, best_bundle, best_scores, best_metrics = max(results, key=rank)
     metrics: dict[str, Any] = dict(best_metrics)
     # The interval is for the metric the gate compares with the champion (gate.metric, else tune.metric).
@@ -272,6 +280,7 @@ def _run_untracked(
             column=cfg.fairness.sensitive,
         )
 
+    stage("gate")
     champion = _champion(store_obj, cfg.name, prepared.test, schema)
     gate = evaluate_gate(cfg.gate, metrics, metric=metric, champion=champion, fairness=cfg.fairness)
 
@@ -309,9 +318,11 @@ def _run_untracked(
         fast_path = best_bundle.save(folder, check_X=X_test)
         if fast_path:
             metadata["fast_path"] = fast_path
+        stage("report")
         governance = _governance(
             folder, cfg, best_bundle, prepared, y_test, np.asarray(best_scores), metric, metadata
         )
+        stage("registration")
         version = store_obj.register(cfg.name, folder, metadata)
 
     promoted = None

@@ -15,7 +15,7 @@ import typer
 
 from raymlops._console import err_console
 
-__all__ = ["AddressOpt", "JsonOpt", "StoreOpt", "fail", "guard", "quiet_tensorflow"]
+__all__ = ["AddressOpt", "JsonOpt", "StoreOpt", "VerboseOpt", "fail", "guard", "quiet_tensorflow"]
 
 T = TypeVar("T")
 
@@ -29,6 +29,12 @@ AddressOpt = Annotated[
     str | None, typer.Option("--address", help="Ray address (default $RAY_ADDRESS, else embedded local Ray)")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout")]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "-v", "--verbose", help="Stream Ray's, Tune's and TensorFlow's logs (default: to the log file)"
+    ),
+]
 
 
 def fail(message: str, code: int = 2) -> None:

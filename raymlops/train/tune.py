@@ -17,6 +17,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from raymlops._progress import search_callbacks
 from raymlops.config import METRIC_MODES, ModelConfig, SearchSpace, TuneConfig
 from raymlops.errors import UserError
 
@@ -122,6 +123,7 @@ def run_search(
         from raymlops.tracking import tune_callbacks
 
         callbacks = tune_callbacks(model_cfg.name)
+    callbacks = [*callbacks, *search_callbacks(model_cfg.name, model_cfg.kind, metric, mode, tune_cfg.num_samples)]
     wrapped = tune.with_resources(trainable, resources)
     path = f"{storage_path.rstrip('/')}/{experiment}"
     if resume and tune.Tuner.can_restore(path):
@@ -136,7 +138,6 @@ def run_search(
             mode=mode,
             num_samples=tune_cfg.num_samples,
             scheduler=make_scheduler(tune_cfg, max_t),
-            max_concurrent_trials=max_concurrent,
             reuse_actors=tune_cfg.reuse_actors,
             search_alg=BasicVariantGenerator(random_state=tune_cfg.seed, max_concurrent=max_concurrent),
         ),
