@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -153,12 +154,30 @@ def _route_worker_logs(log: IO[str], verbose: bool) -> Callable[[], None]:
     if not verbose:
         dispatcher.remove_handler("ray_print_logs")  # Ray adds it back on its next ray.init
 
+    plain = _Uncolored(log)
+
     def to_file(data: dict[str, Any]) -> None:
         with contextlib.suppress(Exception):
-            ray_worker.print_worker_logs(data, log)
+            ray_worker.print_worker_logs(data, plain)
 
     dispatcher.add_handler(name, to_file)
     return lambda: dispatcher.remove_handler(name)
+
+
+class _Uncolored:
+    """A text stream that drops the ANSI colours Ray puts on worker-log prefixes (a log file is
+    read with ``less`` and ``grep``)."""
+
+    _ansi = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(self._ansi.sub("", text))
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
@@ -219,9 +238,11 @@ def command_session(
             os.environ.setdefault(key, value)
     main_thread = _is_main_thread()
     saved_term = signal.getsignal(signal.SIGTERM) if main_thread else None
-    handlers = [_file_handler(log)]
-    for name in ("raymlops", "ray"):
-        logging.getLogger(name).addHandler(handlers[0])
+    # Ray's loggers write to stderr, the log file unless verbose; raymlops's own go there too.
+    logged = ("raymlops", "ray") if verbose else ("raymlops",)
+    handler = _file_handler(log)
+    for name in logged:
+        logging.getLogger(name).addHandler(handler)
     if logging.getLogger("raymlops").level in (logging.NOTSET, logging.WARNING):
         logging.getLogger("raymlops").setLevel(logging.INFO)
 
@@ -258,9 +279,8 @@ def command_session(
             raise
         finally:
             _cleanup(session, outcome, ray_was_up, on_connect, saved_term, main_thread)
-    for handler in handlers:
-        for name in ("raymlops", "ray"):
-            logging.getLogger(name).removeHandler(handler)
+    for name in logged:
+        logging.getLogger(name).removeHandler(handler)
     log.close()
     for key, old in saved_env.items():
         if old is None:

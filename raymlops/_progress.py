@@ -22,6 +22,7 @@ from rich.live import Live
 from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
+from ray.tune import Callback
 
 __all__ = ["ProgressView", "SearchProgress", "active_view", "search_callbacks", "stage"]
 
@@ -244,77 +245,63 @@ def search_callbacks(model: str, kind: str, metric: str, mode: str, num_samples:
     """The Tune callback feeding the view with this search's trials (none unless a view is showing)."""
     if _active is None:
         return []
-    return [ProgressCallback(_active, SearchProgress(model, kind, metric, mode, num_samples))]
+    return [ProgressCallback(SearchProgress(model, kind, metric, mode, num_samples))]
 
 
-def _make_callback_class() -> type:
-    from ray.tune import Callback
+class ProgressCallback(Callback):  # type: ignore[misc]
+    """Trial states, steps and metrics of one Tune run, into the active :class:`ProgressView`.
 
-    class _ProgressCallback(Callback):  # type: ignore[misc]
-        """Trial states, steps and metrics of one Tune run, into a :class:`ProgressView`.
+    Tune calls it on the driver's main thread between its own steps, so it only updates a few
+    fields; drawing happens on the view's refresh thread. Tune pickles its run config with the
+    experiment, so the callback holds no reference to the view (which holds the terminal).
+    """
 
-        Tune calls it on the driver's main thread between its own steps, so it only updates a
-        few fields; drawing happens on the view's refresh thread.
-        """
+    def __init__(self, progress: SearchProgress) -> None:
+        self.progress = progress
 
-        def __init__(self, view: ProgressView, progress: SearchProgress) -> None:
-            self.view = view
-            self.progress = progress
+    def setup(self, **info: Any) -> None:
+        if _active is not None:
+            _active.search(self.progress)
 
-        def setup(self, **info: Any) -> None:
-            self.view.search(self.progress)
+    def _row(self, trial: Any) -> TrialRow:
+        rows = self.progress.trials
+        if trial.trial_id not in rows:
+            rows[trial.trial_id] = TrialRow(len(rows) + 1)
+        row = rows[trial.trial_id]
+        row.state = str(trial.status)
+        return row
 
-        def _row(self, trial: Any) -> TrialRow:
-            rows = self.progress.trials
-            if trial.trial_id not in rows:
-                rows[trial.trial_id] = TrialRow(len(rows) + 1)
-            row = rows[trial.trial_id]
-            row.state = str(trial.status)
-            return row
+    def _finished(self, trial: Any, state: str) -> None:
+        row = self._row(trial)
+        row.state = state
+        if _active is not None:
+            _active.trial_finished(self.progress, row)
 
-        def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            self._row(trial)
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._row(trial)
 
-        def on_trial_result(
-            self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
-        ) -> None:
-            row = self._row(trial)
-            row.state = "RUNNING"
-            row.step = step_label(self.progress.kind, result)
-            value = result.get(self.progress.metric)
-            if isinstance(value, (int, float)):
-                row.metric = float(value)
-                if self.progress.better(row.metric, row.best):
-                    row.best = row.metric
-                if self.progress.better(row.metric, self.progress.best):
-                    self.progress.best = row.metric
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        row = self._row(trial)
+        row.state = "RUNNING"
+        row.step = step_label(self.progress.kind, result)
+        value = result.get(self.progress.metric)
+        if isinstance(value, (int, float)):
+            row.metric = float(value)
+            if self.progress.better(row.metric, row.best):
+                row.best = row.metric
+            if self.progress.better(row.metric, self.progress.best):
+                self.progress.best = row.metric
 
-        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            row = self._row(trial)
-            row.state = "TERMINATED"
-            self.view.trial_finished(self.progress, row)
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._finished(trial, "TERMINATED")
 
-        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            row = self._row(trial)
-            row.state = "ERROR"
-            self.view.trial_finished(self.progress, row)
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._finished(trial, "ERROR")
 
-        def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
-            for trial in trials:  # states Tune changed without a callback (paused, stopped early)
-                if trial.trial_id in self.progress.trials:
-                    state = str(trial.status)
-                    if state in _STATE_STYLE:
-                        self.progress.trials[trial.trial_id].state = state
-
-    return _ProgressCallback
-
-
-_callback_class: type | None = None
-
-
-def ProgressCallback(view: ProgressView, progress: SearchProgress) -> Any:  # noqa: N802 - a class factory
-    """A Ray Tune ``Callback`` for one search (the class is made on first use: Tune imports slowly)."""
-    global _callback_class
-    if _callback_class is None:
-        _callback_class = _make_callback_class()
-    return _callback_class(view, progress)
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        for trial in trials:  # states Tune changed without a callback (paused, pending again)
+            row = self.progress.trials.get(trial.trial_id)
+            if row is not None and str(trial.status) in _STATE_STYLE:
+                row.state = str(trial.status)
