@@ -17,12 +17,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ray.tune import Callback
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
-from ray.tune import Callback
 
 __all__ = ["ProgressView", "SearchProgress", "active_view", "search_callbacks", "stage"]
 
@@ -259,7 +259,15 @@ class ProgressCallback(Callback):  # type: ignore[misc]
     def __init__(self, progress: SearchProgress) -> None:
         self.progress = progress
 
-    def setup(self, **info: Any) -> None:
+    def setup(
+        self,
+        stop: Any = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
+        if total_num_samples:
+            self.progress.total = total_num_samples
         if _active is not None:
             _active.search(self.progress)
 

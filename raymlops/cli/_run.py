@@ -30,7 +30,9 @@ def run(
 
     cfg = guard(load_pipeline, pipeline)
     store_uri = resolve_store_uri(store, cfg.store)
-    with command_session("run", store=store_uri, verbose=verbose, title=f"raymlops run {cfg.name}") as session:
+    with command_session(
+        "run", store=store_uri, verbose=verbose, title=f"raymlops run {cfg.name}"
+    ) as session:
         session.interrupt_hint = f"raymlops run {pipeline} --resume continues the interrupted search"
         with json_stdout(as_json):
             summary = guard(

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from raymlops._console import err_console
+from raymlops._console import command_session, err_console
 
-from ._common import AddressOpt, StoreOpt, fail, guard, quiet_tensorflow
+from ._common import AddressOpt, StoreOpt, VerboseOpt, fail, guard, quiet_tensorflow
 
 
 def serve_cmd(
@@ -46,6 +46,7 @@ def serve_cmd(
         str | None,
         typer.Option("--request-log", help="Where sampled requests go (default <store>/request_logs)"),
     ] = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Serve models over HTTP (TF Serving REST and Open Inference Protocol v2) until Ctrl-C.
 
@@ -90,7 +91,10 @@ def serve_cmd(
         guard(write_serve_config, output, models, host=host or "0.0.0.0", port=port, **kwargs)
         err_console.print(f"wrote {output}: serve deploy {output}  (or spec.serveConfigV2 of a RayService)")
         return
-    _serve_until_interrupted(models, st.uri, host or "127.0.0.1", port, options, canary, request_log, address)
+    with command_session("serve", store=st.uri, verbose=verbose, view=False):  # [console] logs, no leftovers
+        _serve_until_interrupted(
+            models, st.uri, host or "127.0.0.1", port, options, canary, request_log, address
+        )
 
 
 def _interrupt(*_: Any) -> None:
@@ -140,6 +144,7 @@ def _serve_until_interrupted(
             time.sleep(1)
     except KeyboardInterrupt:
         err_console.print("stopping")
+        raise  # [console] the session ends what is left of Ray and exits 130 (Ctrl-C) or 143 (SIGTERM)
     finally:
         if handle is not None:
             handle.stop(shutdown=embedded)
