@@ -146,14 +146,15 @@ def _redirect_fds(log: IO[str]) -> Iterator[None]:
 def _route_worker_logs(log: IO[str], verbose: bool) -> Callable[[], None]:
     """Send the worker log lines Ray streams to this driver into the log file (and, with
     ``verbose``, also to the terminal as Ray does). Returns the undo."""
+    import ray
     from ray._private import worker as ray_worker
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
-    name = "raymlops_log_file"
+    name, ray_name = "raymlops_log_file", "ray_print_logs"
     dispatcher.remove_handler(name)
-    if not verbose:
-        dispatcher.remove_handler("ray_print_logs")  # Ray adds it back on its next ray.init
-
+    taken = [] if verbose else [pair for pair in dispatcher.handlers if pair[0] == ray_name]
+    if taken:
+        dispatcher.remove_handler(ray_name)
     plain = _Uncolored(log)
 
     def to_file(data: dict[str, Any]) -> None:
@@ -161,7 +162,14 @@ def _route_worker_logs(log: IO[str], verbose: bool) -> Callable[[], None]:
             ray_worker.print_worker_logs(data, plain)
 
     dispatcher.add_handler(name, to_file)
-    return lambda: dispatcher.remove_handler(name)
+
+    def undo() -> None:
+        dispatcher.remove_handler(name)
+        if ray.is_initialized():  # a Ray this command did not start keeps printing as before
+            for pair in taken:
+                dispatcher.add_handler(*pair)
+
+    return undo
 
 
 class _Uncolored:
