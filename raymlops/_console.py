@@ -194,7 +194,11 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 
 def _log_path(command: str, store: str | None) -> Path:
     folder = log_dir(store)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only store still gets a log, in the home folder
+        folder = Path.home() / ".raymlops" / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = folder / f"{command}-{stamp}.log"
     n = 1
@@ -270,7 +274,11 @@ def command_session(
         if not verbose:
             stack.enter_context(_redirect_fds(log))
         if view:
-            session.view = _progress.ProgressView(err_console, title or f"raymlops {command}", where)
+            # With -v the logs stream at the descriptor level: redrawing in place would garble them.
+            live = False if verbose else None
+            session.view = _progress.ProgressView(
+                err_console, title or f"raymlops {command}", where, live=live
+            )
             _progress.set_active_view(session.view)
             session.view.start()
         else:
