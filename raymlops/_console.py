@@ -245,9 +245,8 @@ def command_session(
     session = CommandSession(command, path, verbose)
     ray_was_up = "ray" in sys.modules and sys.modules["ray"].is_initialized()
     saved_env = {k: os.environ.get(k) for k in _QUIET_ENV}
-    for key, value in _QUIET_ENV.items():
-        if key == "TUNE_DISABLE_SIGINT_HANDLER" or not verbose:
-            os.environ.setdefault(key, value)
+    for key, value in _QUIET_ENV.items():  # -v streams what it did before this session too
+        os.environ.setdefault(key, value)
     main_thread = _is_main_thread()
     saved_term = signal.getsignal(signal.SIGTERM) if main_thread else None
     # Ray's loggers write to stderr, the log file unless verbose; raymlops's own go there too.
