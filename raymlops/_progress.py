@@ -143,7 +143,8 @@ class ProgressView:
             assert current is not None
             current.search = progress
 
-    def trial_finished(self, progress: SearchProgress, row: TrialRow) -> None:
+    def trial_line(self, progress: SearchProgress, row: TrialRow) -> None:
+        """Without a terminal: one line when a trial first reports and one when it ends."""
         if self._use_live:
             return
         value = "-" if row.best is None else f"{row.best:.4f}"
@@ -283,7 +284,7 @@ class ProgressCallback(Callback):  # type: ignore[misc]
         row = self._row(trial)
         row.state = state
         if _active is not None:
-            _active.trial_finished(self.progress, row)
+            _active.trial_line(self.progress, row)
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._row(trial)
@@ -292,6 +293,7 @@ class ProgressCallback(Callback):  # type: ignore[misc]
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
         row = self._row(trial)
+        first = not row.step
         row.state = "RUNNING"
         row.step = step_label(self.progress.kind, result)
         value = result.get(self.progress.metric)
@@ -301,6 +303,8 @@ class ProgressCallback(Callback):  # type: ignore[misc]
                 row.best = row.metric
             if self.progress.better(row.metric, self.progress.best):
                 self.progress.best = row.metric
+        if first and _active is not None:
+            _active.trial_line(self.progress, row)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._finished(trial, "TERMINATED")

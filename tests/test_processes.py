@@ -180,7 +180,7 @@ def test_interrupted_run_exits_130_and_leaves_nothing(tmp_path):
     cmd = start(
         ["run", str(pipeline_file(tmp_path, "long", epochs=400)), "--store", str(tmp_path / "s")], tmp_path
     )
-    cmd.wait_for("epoch 2", timeout=600)  # Ray Train workers are mid-training
+    cmd.wait_for("trial 1/1 running: epoch", timeout=600)  # Ray Train workers mid-training
     cmd.proc.send_signal(signal.SIGINT)
     rc = cmd.finish(timeout=60)
     time.sleep(0.5)
