@@ -18,9 +18,8 @@ from sklearn.datasets import make_classification
 from sklearn.model_selection import train_test_split
 
 from raymlops.cluster import connect
-from raymlops.config import ForestParams
-from raymlops.train.forest import fit_forest, forest_estimator
-from raymlops.train.onnx import compile_forest, onnx_scores
+from raymlops.model.random_forest import ForestParams, compile_forest, onnx_scores
+from raymlops.train.random_forest import fit_forest, forest_estimator
 
 
 def _timed(fn, *args, **kwargs):
@@ -71,10 +70,13 @@ def main() -> None:
         table.add_row(name, f"{t:.1f}", f"{acc:.4f}", f"{ratio:.2f}x")
     console.print(table)
 
-    compiled = compile_forest(sk, "classification", X_test[:5000])
+    model_bytes, report = compile_forest(sk, "classification", X_test[:5000])
     import onnxruntime as ort
 
-    session = ort.InferenceSession(compiled.model_bytes, providers=["CPUExecutionProvider"])
+    if model_bytes is None:
+        console.print(f"no ONNX form: {report.get('reason')}")
+        return
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     batch = X_test[:100_000]
     _, sk_batch = _timed(sk.predict_proba, batch)
     _, onnx_batch = _timed(onnx_scores, session, batch, "classification")
@@ -82,7 +84,6 @@ def main() -> None:
     n = 200
     _, sk_one = _timed(lambda: [sk.predict_proba(one) for _ in range(n)])
     _, onnx_one = _timed(lambda: [onnx_scores(session, one, "classification") for _ in range(n)])
-    report = compiled.report
     title = f"Predict (ONNX kept: {report.get('onnx')}, max |Δp| {report.get('max_abs_diff'):.1e})"
     table = Table(title=title)
     for col in (

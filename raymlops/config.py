@@ -46,6 +46,7 @@ __all__ = [
     "config_hash",
     "load_pipeline",
     "pipeline_json_schema",
+    "resolve_metric",
 ]
 
 CLASSIFICATION_METRICS = ("accuracy", "f1_macro", "roc_auc", "log_loss")
@@ -63,6 +64,14 @@ METRIC_MODES: dict[str, Literal["max", "min"]] = {
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
+def resolve_metric(tune_cfg: TuneConfig, task: str) -> tuple[str, Literal["max", "min"]]:
+    """The metric trials are ranked by and its direction; refuses a metric that misfits the task."""
+    metric = tune_cfg.metric or ("accuracy" if task == "classification" else "rmse")
+    if (task == "classification") != (metric in CLASSIFICATION_METRICS):
+        raise ConfigError(f"tune.metric {metric!r} does not fit a {task} target")
+    return metric, tune_cfg.mode or METRIC_MODES[metric]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -76,6 +85,10 @@ class SplitConfig(_Strict):
     )
     seed: int = 42
     stratify: bool = True
+    key: str | None = Field(
+        None,
+        description="Column whose hash assigns each row to a part (e.g. an id); default: the row's content",
+    )
 
 
 ColumnType = Literal["float", "int", "category", "bool", "string"]
@@ -96,8 +109,16 @@ class DataConfig(_Strict):
 
 class ValidationConfig(_Strict):
     max_null_fraction: float = Field(0.0, ge=0, le=1)
-    forbid_constant_columns: bool = True
+    forbid_constant_columns: bool = Field(
+        False,
+        description="Refuse constant columns; by default they are left out of the features with a warning",
+    )
     min_rows: int = Field(10, ge=1)
+    allow_schema_change: bool = Field(
+        False,
+        description="Train even when the data's schema differs from the champion's "
+        "(types, categories, features)",
+    )
 
 
 class ColumnsSpec(_Strict):

@@ -14,118 +14,57 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import pandas as pd
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from raymlops._progress import stage
-from raymlops.cluster import connect
-from raymlops.config import PipelineConfig, config_hash
-from raymlops.data.fingerprint import fingerprint_frame
-from raymlops.data.ingest import read_frame
-from raymlops.data.preprocess import FeaturePipeline
-from raymlops.data.schema import TableSchema
-from raymlops.data.split import split_frame
-from raymlops.data.validate import validate_training_frame
-from raymlops.errors import InputError
-from raymlops.evaluate.fairness import fairness_report
-from raymlops.evaluate.gate import evaluate_gate
-from raymlops.evaluate.metrics import bootstrap_interval, compute_metrics, confusion
-from raymlops.model import ModelBundle
-from raymlops.train import TrainedModel, TrainingData, train_model
-from raymlops.train.tune import resolve_metric
+from raymlops.config import METRIC_MODES, PipelineConfig, config_hash, resolve_metric
+from raymlops.data._errors import DataValidationError
+from raymlops.model import ModelBundle, TableSchema
 
-__all__ = ["PreparedData", "prepare_data", "run_pipeline", "validate_pipeline"]
+if TYPE_CHECKING:
+    from raymlops.evaluate._pipeline import HeldOut
+    from raymlops.train import TrainedModel
+
+__all__ = ["run_pipeline", "schema_changes", "validate_pipeline"]
 
 log = logging.getLogger("raymlops")
 
 
-@dataclass
-class PreparedData:
-    frame: pd.DataFrame
-    schema: TableSchema
-    fingerprint: str
-    train: pd.DataFrame
-    val: pd.DataFrame
-    test: pd.DataFrame
+def _connect_for(cfg: PipelineConfig, address: str | None = None) -> Any:
+    from raymlops.cluster import connect
+
+    return connect(address)
 
 
-def _excluded_columns(cfg: PipelineConfig) -> tuple[str, ...]:
-    if cfg.fairness is not None and not cfg.fairness.use_as_feature:
-        return (cfg.fairness.sensitive,)
-    return ()
+def validate_pipeline(cfg: PipelineConfig, *, address: str | None = None) -> dict[str, Any]:
+    """Config and data checks only: nothing trains and nothing is written.
 
-
-def _numpy_backed(frame: pd.DataFrame) -> pd.DataFrame:
-    """The frame with Arrow-backed columns turned into plain numpy/object columns.
-
-    Ray Data hands pandas ``double[pyarrow]`` / ``string[pyarrow]`` columns to ``to_pandas``; with
-    those, ``pd.to_numeric(errors="coerce")`` marks unparseable strings as NaN that ``isna()`` does
-    not see, and the checks then call a text column numeric (and constant). Plain dtypes avoid that.
+    Builtin datasets are checked in-process; files and URIs by the same distributed pass ``run``
+    makes (Ray tasks read the rows; the driver merges statistics).
     """
-    columns: dict[str, Any] = {}
-    changed = False
-    for name in frame.columns:
-        series = frame[name]
-        if isinstance(series.dtype, pd.ArrowDtype):
-            changed = True
-            kind = series.dtype.pyarrow_dtype
-            has_null = bool(series.isna().any())
-            if pa.types.is_integer(kind) and not has_null:
-                series = series.astype("int64")
-            elif pa.types.is_boolean(kind) and not has_null:
-                series = series.astype(bool)
-            elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
-                series = pd.Series(series.to_numpy(dtype="float64", na_value=np.nan), index=series.index)
-            elif pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_boolean(kind):
-                series = pd.Series(
-                    series.to_numpy(dtype=object, na_value=None), index=series.index, dtype=object
-                )
-        columns[name] = series
-    return pd.DataFrame(columns, index=frame.index) if changed else frame
+    from raymlops.data.prepare import check_source
 
-
-def prepare_data(cfg: PipelineConfig) -> PreparedData:
-    """Read, check and split the data; raises DataError/DataValidationError naming the problem."""
-    stage("ingest")
-    raw = read_frame(cfg.data.source)
-    fingerprint = fingerprint_frame(raw)
-    stage("checks")
-    frame, schema = validate_training_frame(
-        _numpy_backed(raw), cfg.data, cfg.validation, cfg.data.source, extra_excluded=_excluded_columns(cfg)
-    )
-    stage("split")
-    train, val, test = split_frame(frame, schema, cfg.data.split)
-    return PreparedData(frame, schema, fingerprint, train, val, test)
-
-
-def validate_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
-    """Config and data checks only: nothing trains and nothing is written."""
-    prepared = prepare_data(cfg)
-    resolve_metric(cfg.tune, prepared.schema.task)
+    if not cfg.data.source.startswith("builtin://"):
+        _connect_for(cfg, address)
+    checked = check_source(cfg)
+    schema = checked.schema
+    resolve_metric(cfg.tune, schema.task)
     return {
         "pipeline": cfg.name,
         "source": cfg.data.source,
-        "rows": len(prepared.frame),
-        "task": prepared.schema.task,
-        "features": len(prepared.schema.features),
-        "categorical": prepared.schema.categorical,
-        "classes": prepared.schema.classes,
-        "split": {"train": len(prepared.train), "validation": len(prepared.val), "test": len(prepared.test)},
-        "fingerprint": prepared.fingerprint,
+        "rows": checked.profile.rows,
+        "task": schema.task,
+        "features": len(schema.features),
+        "categorical": schema.categorical,
+        "dropped": schema.dropped,
+        "classes": schema.classes,
+        "split": checked.split_sizes(),
+        "split_by_class": checked.split.sizes,
+        "fingerprint": checked.fingerprint,
+        "warnings": checked.check.warnings,
         "ok": True,
     }
-
-
-def _encode_target(values: pd.Series, schema: TableSchema) -> np.ndarray:
-    if schema.task == "classification":
-        lookup = {c: i for i, c in enumerate(schema.classes or [])}
-        return values.map(lookup).to_numpy(dtype=np.int64)
-    return values.to_numpy(dtype=np.float32)
 
 
 def _storage_path(cfg: PipelineConfig, store_uri: str) -> str:
@@ -136,35 +75,56 @@ def _storage_path(cfg: PipelineConfig, store_uri: str) -> str:
     return os.path.join(store_uri.removeprefix("file://"), "_experiments")
 
 
-def _champion(store: Any, name: str, test: pd.DataFrame, schema: TableSchema) -> dict[str, Any] | None:
-    """The current champion re-scored on this run's held-out rows (None when there is none)."""
+def _champion_bundle(store: Any, name: str) -> tuple[int, ModelBundle] | None:
+    """The current champion, loaded (and its signature verified when keys are trusted)."""
     from raymlops.registry import ModelNotFoundError
 
     try:
         version = store.get(f"{name}@champion")
     except ModelNotFoundError:
         return None
-    bundle = ModelBundle.load(f"{name}:{version.version}", store.uri)
-    if bundle.schema.target != schema.target or bundle.schema.task != schema.task:
-        return {"version": version.version, "metrics": {}, "note": "champion has another target or task"}
-    if schema.task == "classification" and list(bundle.classes or []) != list(schema.classes or []):
-        return {"version": version.version, "metrics": {}, "note": "champion was trained on other classes"}
-    try:
-        scored = bundle.score(test)
-    except InputError as err:  # a feature the champion needs is gone from this data
-        return {"version": version.version, "metrics": {}, "note": f"champion cannot score these rows: {err}"}
-    if scored.n_rejected:
-        return {"version": version.version, "metrics": {}, "note": "champion cannot score these rows"}
-    scores = scored.scores
-    y = _encode_champion_target(test[schema.target], bundle.schema)
-    return {
-        "version": version.version,
-        "metrics": compute_metrics(schema.task, y, scores, len(bundle.classes or [])),
-    }
+    return version.version, ModelBundle.load(f"{name}:{version.version}", store.uri)
 
 
-def _encode_champion_target(values: pd.Series, schema: TableSchema) -> np.ndarray:
-    return _encode_target(values, schema)
+def schema_changes(old: TableSchema, new: TableSchema) -> list[str]:
+    """What differs between the champion's schema and this run's data, by column."""
+    changes = []
+    if old.target != new.target or old.task != new.task:
+        changes.append(f"target/task: {old.target} ({old.task}) -> {new.target} ({new.task})")
+    gone = [c for c in old.features if c not in new.features]
+    added = [c for c in new.features if c not in old.features]
+    if gone:
+        changes.append(f"feature(s) no longer present: {', '.join(gone)}")
+    if added:
+        changes.append(f"new feature(s): {', '.join(added)}")
+    for c in old.features:
+        if c in new.features:
+            was, now = old.column_types.get(c), new.column_types.get(c)
+            numeric = {"int", "float", "bool"}
+            if was != now and not (was in numeric and now in numeric):
+                changes.append(f"column {c!r} changed type: {was} -> {now}")
+            if c in old.categorical and c in new.categorical:
+                new_cats = sorted(set(new.categories.get(c, [])) - set(old.categories.get(c, [])))
+                if new_cats:
+                    changes.append(f"column {c!r} has new categories: {', '.join(map(str, new_cats[:10]))}")
+    if old.task == "classification" and list(old.classes or []) != list(new.classes or []):
+        changes.append(f"classes changed: {old.classes} -> {new.classes}")
+    return changes
+
+
+def _check_against_champion(
+    cfg: PipelineConfig, champion: tuple[int, ModelBundle] | None, schema: TableSchema
+) -> list[str]:
+    if champion is None:
+        return []
+    changes = schema_changes(champion[1].schema, schema)
+    if changes and not cfg.validation.allow_schema_change:
+        raise DataValidationError(
+            cfg.data.source,
+            [f"the data's schema differs from champion version {champion[0]}'s: {c}" for c in changes]
+            + ["set validation.allow_schema_change: true to train on it anyway"],
+        )
+    return changes
 
 
 # [tracking] run_pipeline wraps the untracked run in an MLflow tracking session (off: a no-op).
@@ -212,34 +172,32 @@ def _run_untracked(
         pipeline_file: the pipeline file's path, recorded in the version so that ``raymlops monitor``
             can name the exact command to rerun when drift or degraded live metrics call for it.
     """
+    from raymlops.data.prepare import check_source, prepare
     from raymlops.registry import ModelStore, resolve_store_uri
+    from raymlops.train import train_model
 
     started = time.time()
     store_obj = ModelStore(resolve_store_uri(store, cfg.store))
     stage("start Ray")
-    cluster = connect(address)
+    cluster = _connect_for(cfg, address)
     log.info("connected to Ray: %s CPUs, %s GPUs, %s node(s)", cluster.cpus, cluster.gpus, cluster.nodes)
 
-    prepared = prepare_data(cfg)
-    schema = prepared.schema
+    stage("ingest, checks, split")
+    checked = check_source(cfg)
+    schema = checked.schema
+    for warning in checked.check.warnings:
+        log.warning("%s", warning)
+    champion_bundle = _champion_bundle(store_obj, cfg.name)
+    schema_changed = _check_against_champion(cfg, champion_bundle, schema)
     stage("preprocess")
-    features = FeaturePipeline(cfg.preprocess).fit(prepared.train, schema)
-    plan = features.to_plan()
-    data = TrainingData.from_arrays(
-        features.transform(prepared.train),
-        _encode_target(prepared.train[schema.target], schema),
-        features.transform(prepared.val),
-        _encode_target(prepared.val[schema.target], schema),
-        schema.task,
-        schema.classes,
-        plan.feature_names,
-    )
-    X_test = features.transform(prepared.test)
-    y_test = _encode_target(prepared.test[schema.target], schema)
+    prepared = prepare(cfg, checked)
+    plan = prepared.plan
+    data = prepared.training_data()
     metric, mode = resolve_metric(cfg.tune, schema.task)
     storage = _storage_path(cfg, store_obj.uri)
 
-    results = []
+    trained_models: list[TrainedModel] = []
+    bundles: dict[str, ModelBundle] = {}
     for model_cfg in cfg.models:
         stage(f"search {model_cfg.name}")
         trained = train_model(
@@ -251,39 +209,39 @@ def _run_untracked(
             resume=resume,
             base_dir=cfg.base_dir,
         )
-        bundle = ModelBundle.from_estimator(trained.kind, trained.estimator, plan, schema)
-        scores = bundle.scores(X_test)
-        test_metrics = compute_metrics(schema.task, y_test, scores, data.n_classes)
-        results.append((trained, bundle, scores, test_metrics))
+        trained_models.append(trained)
+        bundles[trained.name] = ModelBundle.from_estimator(trained.kind, trained.estimator, plan, schema)
 
-    def rank(item: tuple[TrainedModel, Any, Any, dict[str, float]]) -> float:
-        return item[0].val_metric if mode == "max" else -item[0].val_metric
+    from raymlops.evaluate._pipeline import evaluate_held_out
+    from raymlops.evaluate.gate import evaluate_gate
 
     stage("evaluation")
-    best_trained, best_bundle, best_scores, best_metrics = max(results, key=rank)
-    metrics: dict[str, Any] = dict(best_metrics)
-    # The interval is for the metric the gate compares with the champion (gate.metric, else tune.metric).
-    gate_metric = cfg.gate.metric or metric
-    metrics["interval"] = bootstrap_interval(schema.task, y_test, best_scores, gate_metric, data.n_classes)
-    if schema.task == "classification":
-        metrics["confusion_matrix"] = confusion(
-            y_test, np.asarray(best_scores).argmax(axis=1), data.n_classes
-        )
+    held_out = evaluate_held_out(
+        prepared,
+        bundles,
+        champion_bundle,
+        gate_metric=cfg.gate.metric or metric,
+        group_column=cfg.fairness.sensitive if cfg.fairness is not None else None,
+        seed=cfg.data.split.seed,
+    )
 
+    def rank(t: TrainedModel) -> float:
+        return t.val_metric if mode == "max" else -t.val_metric
+
+    best_trained = max(trained_models, key=rank)
+    best_bundle = bundles[best_trained.name]
+    metrics: dict[str, Any] = dict(held_out.metrics[best_trained.name])
+    metrics["interval"] = held_out.intervals[best_trained.name]
+    if schema.task == "classification":
+        metrics["confusion_matrix"] = held_out.confusion[best_trained.name]
     if cfg.fairness is not None:
-        metrics["fairness"] = fairness_report(
-            prepared.test[cfg.fairness.sensitive].to_numpy(),
-            y_test,
-            np.asarray(best_scores),
-            schema.task,
-            schema.classes,
-            column=cfg.fairness.sensitive,
-        )
+        metrics["fairness"] = held_out.fairness(best_trained.name, schema, cfg.fairness.sensitive)
 
     stage("gate")
-    champion = _champion(store_obj, cfg.name, prepared.test, schema)
+    champion = held_out.champion_summary(champion_bundle, schema)
     gate = evaluate_gate(cfg.gate, metrics, metric=metric, champion=champion, fairness=cfg.fairness)
 
+    split_sizes = checked.split_sizes()
     metadata = {
         **best_trained.metadata,
         "kind": best_trained.kind,
@@ -297,44 +255,38 @@ def _run_untracked(
         "champion_at_gate": champion,
         "data": {
             "source": cfg.data.source,
-            "rows": len(prepared.frame),
-            "split": {
-                "train": len(prepared.train),
-                "validation": len(prepared.val),
-                "test": len(prepared.test),
-            },
-            "fingerprint": prepared.fingerprint,
+            "rows": checked.profile.rows,
+            "split": split_sizes,
+            "split_by_class": checked.split.sizes,
+            "fingerprint": checked.fingerprint,
+            "warnings": checked.check.warnings,
+            "dropped_columns": schema.dropped,
+            "schema_changes": schema_changed,
+            "evaluation_sample_rows": held_out.sample_rows,
         },
         "config_hash": config_hash(cfg),
         "pipeline_file": os.path.abspath(pipeline_file) if pipeline_file else None,
         "pipeline": cfg.model_dump(mode="json", by_alias=True),
         "candidates": [
-            {"name": t.name, "kind": t.kind, "val_metric": t.val_metric, "metrics": m}
-            for t, _, _, m in results
+            {"name": t.name, "kind": t.kind, "val_metric": t.val_metric, "metrics": held_out.metrics[t.name]}
+            for t in trained_models
         ],
     }
     with tempfile.TemporaryDirectory(prefix="raymlops-version-") as tmp:
         folder = Path(tmp)
-        fast_path = best_bundle.save(folder, check_X=X_test)
+        fast_path = best_bundle.save(folder, check_X=held_out.sample_inputs(plan, schema))
         if fast_path:
             metadata["fast_path"] = fast_path
         stage("report")
         governance = _governance(
-            folder, cfg, best_bundle, prepared, y_test, np.asarray(best_scores), metric, metadata
+            folder, cfg, best_bundle, prepared, held_out, best_trained.name, metric, metadata
         )
         stage("registration")
         version = store_obj.register(cfg.name, folder, metadata)
 
-    promoted = None
-    if gate.passed and cfg.deploy.promote_to:
-        store_obj.set_alias(cfg.name, cfg.deploy.promote_to, version.version)
-        promoted = cfg.deploy.promote_to
-    if promoted:
-        not_promoted_because = None
-    elif not gate.passed:
-        not_promoted_because = "the gate refused it: " + "; ".join(gate.reasons)
-    else:
-        not_promoted_because = "deploy.promote_to is not set"
+    promoted, not_promoted_because = _promote(
+        cfg, store_obj, version.version, gate, metrics, metric, champion
+    )
 
     return {
         "pipeline": cfg.name,
@@ -346,11 +298,11 @@ def _run_untracked(
                 "workers": t.workers,
                 "best_params": t.best_params,
                 "val_metric": t.val_metric,
-                "metrics": m,
+                "metrics": held_out.metrics[t.name],
                 "trials": t.trials,
                 **({"details": t.extra} if t.extra else {}),
             }
-            for t, _, _, m in results
+            for t in trained_models
         ],
         "selected": best_trained.name,
         "metric": metric,
@@ -363,9 +315,68 @@ def _run_untracked(
         "explain": governance["explain"],
         "report": version.uri.rstrip("/") + "/" + REPORT_FILE,
         "data": metadata["data"],
-        "cluster": {"cpus": cluster.cpus, "gpus": cluster.gpus, "nodes": cluster.nodes},
+        "cluster": {
+            "cpus": cluster.cpus,
+            "gpus": cluster.gpus,
+            "nodes": cluster.nodes,
+            "driver_peak_rss_mb": _peak_rss_mb(),
+        },
         "seconds": round(time.time() - started, 2),
     }
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory: the driver's, which must not grow with the data."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _promote(
+    cfg: PipelineConfig,
+    store: Any,
+    version: int,
+    gate: Any,
+    metrics: dict[str, Any],
+    metric: str,
+    champion: dict[str, Any] | None,
+) -> tuple[str | None, str | None]:
+    """Move the alias, re-checking under the alias lock that the champion is still the one gated against."""
+    if not gate.passed:
+        return None, "the gate refused it: " + "; ".join(gate.reasons)
+    if not cfg.deploy.promote_to:
+        return None, "deploy.promote_to is not set"
+    gated_against = champion["version"] if champion else None
+
+    def still_better(aliases: dict[str, int]) -> None:
+        current = aliases.get("champion")
+        if current == gated_against or current is None:
+            return
+        # another run promoted meanwhile: compare with what that version recorded at its own gate
+        other = store.get(f"{cfg.name}:{current}").metadata.get("metrics", {}).get(metric)
+        mine = metrics.get(metric)
+        if other is None or mine is None:
+            return
+        better = (
+            mine >= other + cfg.gate.beat_champion_by
+            if METRIC_MODES[metric] == "max"
+            else mine <= other - cfg.gate.beat_champion_by
+        )
+        if not better:
+            raise PromotionRefused(
+                f"version {current} became champion during this run with {metric}={other:.4f}; "
+                f"this one has {mine:.4f}"
+            )
+
+    try:
+        store.set_alias(cfg.name, cfg.deploy.promote_to, version, check=still_better)
+    except PromotionRefused as err:
+        return None, str(err)
+    return cfg.deploy.promote_to, None
+
+
+class PromotionRefused(Exception):
+    """Raised inside the alias lock to abort a promotion that is no longer an improvement."""
 
 
 REPORT_FILE = "report.html"
@@ -373,25 +384,30 @@ EXPLAIN_FILE = "explain.json"
 _EXPLAIN_ROWS = 2000
 _PD_ROWS = 500
 _TOP_FEATURES = 5
+_REFERENCE_ROWS = 20_000
 
 
 def _governance(
     folder: Path,
     cfg: PipelineConfig,
     bundle: ModelBundle,
-    prepared: PreparedData,
-    y_test: np.ndarray,
-    scores: np.ndarray,
+    prepared: Any,
+    held_out: HeldOut,
+    name: str,
     metric: str,
     metadata: dict[str, Any],
 ) -> dict[str, Any]:
     """Explanations, reference statistics and the report, written into the version's staging folder.
 
-    Explanations run on a sample of held-out rows (importance on up to 2000, partial dependence on
-    500 for the top 5 features) so they cost seconds, not minutes, whatever the data size.
+    Explanations run on the bounded held-out sample (importance on up to 2000 rows, partial
+    dependence on 500 for the top 5 features), the reference on a bounded sample of training rows,
+    so they cost seconds, not minutes, whatever the data size; the sample sizes are recorded.
     """
     import json
 
+    import numpy as np
+
+    from raymlops.data.prepare import sample_rows
     from raymlops.evaluate.explain import explain_model
     from raymlops.evaluate.reference import build_reference, write_reference
     from raymlops.evaluate.report import write_report
@@ -399,12 +415,16 @@ def _governance(
 
     started = time.time()
     schema = prepared.schema
+    sample = held_out.sample
+    sample_y = held_out.sample_y
+    assert sample is not None and sample_y is not None  # evaluate_held_out always draws one
     explanation = explain_model(
-        bundle, prepared.test, y_test, metric, top=_TOP_FEATURES, max_rows=_EXPLAIN_ROWS, pd_rows=_PD_ROWS
+        bundle, sample, sample_y, metric, top=_TOP_FEATURES, max_rows=_EXPLAIN_ROWS, pd_rows=_PD_ROWS
     )
     (folder / EXPLAIN_FILE).write_text(json.dumps(explanation, indent=1, default=str))
-    training_rows = pd.concat([prepared.train, prepared.val], ignore_index=True)
-    reference, sample = build_reference(
+    training_rows = sample_rows(prepared, "train", _REFERENCE_ROWS)
+    scores = held_out.scores(name)
+    reference, ref_sample = build_reference(
         training_rows,
         schema,
         scores,
@@ -413,12 +433,14 @@ def _governance(
             "held_out_metrics": {k: v for k, v in metadata["metrics"].items() if isinstance(v, (int, float))},
         },
     )
-    write_reference(folder, reference, sample)
+    reference["rows_sampled"] = reference["rows"]
+    reference["rows"] = prepared.checked.split.total("train")
+    write_reference(folder, reference, ref_sample)
     thresholds = Thresholds(
         psi_drift=cfg.monitor.psi_drift, psi_warning=cfg.monitor.psi_warning, pvalue=cfg.monitor.ks_pvalue
     )
     split_drift = finalize(
-        batch_stats(prepared.test, spec_from_reference(reference)), reference, sample, thresholds
+        batch_stats(sample, spec_from_reference(reference)), reference, ref_sample, thresholds
     )
     top = [
         {"feature": r["feature"], "importance": r["importance"]}
@@ -428,10 +450,15 @@ def _governance(
         "metric": explanation["importance"]["metric"],
         "top_features": top,
         "file": EXPLAIN_FILE,
+        "sample_rows": held_out.sample_rows,
     }
-    metadata["reference"] = {"file": "reference.json", "rows": reference["rows"]}
+    metadata["reference"] = {
+        "file": "reference.json",
+        "rows": reference["rows"],
+        "rows_sampled": reference["rows_sampled"],
+    }
     metadata["split_drift"] = {"drifted_features": split_drift["drifted_features"]}
-    residuals = (y_test, scores) if schema.task == "regression" else None
+    residuals = (held_out.y, np.asarray(scores)) if schema.task == "regression" else None
     write_report(
         folder / REPORT_FILE,
         cfg.name,

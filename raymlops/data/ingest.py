@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
-import ray
 
 from raymlops.data._errors import DataError
+
+if TYPE_CHECKING:
+    import ray
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -36,10 +38,30 @@ def _sk_frame(loader: Callable[..., Any], rename: dict[str, str] | None = None) 
     return frame
 
 
-def _digits() -> pd.DataFrame:
-    from sklearn.datasets import load_digits
+def _sklearn_data_file(name: str) -> str | None:
+    """A data file scikit-learn ships, found without importing scikit-learn (a second of start-up)."""
+    import importlib.util
 
-    return _sk_frame(load_digits)
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", name)
+    return path if os.path.exists(path) else None
+
+
+def _digits() -> pd.DataFrame:
+    """load_digits(as_frame=True)'s frame, read straight from the CSV scikit-learn ships."""
+    path = _sklearn_data_file("digits.csv.gz")
+    if path is None:
+        from sklearn.datasets import load_digits
+
+        return _sk_frame(load_digits)
+    import numpy as np
+
+    values = np.loadtxt(path, delimiter=",", dtype=np.float64)
+    frame = pd.DataFrame(values[:, :-1], columns=[f"pixel_{r}_{c}" for r in range(8) for c in range(8)])
+    frame["target"] = values[:, -1].astype(np.int64)
+    return frame
 
 
 def _breast_cancer() -> pd.DataFrame:
@@ -130,6 +152,8 @@ def detect_format(fs: pafs.FileSystem, path: str, uri: str) -> tuple[str, list[s
 
 def read_source(source: str, *, override_num_blocks: int | None = None) -> ray.data.Dataset:
     """A Ray Dataset over the source, rows kept in file order so splits are reproducible."""
+    import ray
+
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     # Ray 2.60's v2 Parquet datasource took ~11 s for two small files here against 0.5 s for v1.
@@ -148,7 +172,7 @@ def read_source(source: str, *, override_num_blocks: int | None = None) -> ray.d
 
 
 def read_frame(source: str) -> pd.DataFrame:
-    """The whole source as one pandas frame (training holds its data in memory anyway)."""
+    """The whole source as one pandas frame: for small data and tests only (training never calls it)."""
     if source.startswith("builtin://"):
         return load_builtin(source.removeprefix("builtin://"))
     ds = read_source(source)

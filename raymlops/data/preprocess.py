@@ -1,12 +1,20 @@
-"""Feature preprocessing fitted on the training split only, with Ray Data preprocessors.
+"""Feature preprocessing fitted on the training split only.
 
-The fitted :class:`FeaturePipeline` is saved with the model; batch scoring and serving apply the
-very same object to incoming frames, so training/serving skew from re-implemented transforms is
-impossible by construction.
+At scale the fit is a distributed aggregation: each Ray task reduces its block of the training
+split to :class:`TrainStats` (per numeric feature: count, mean, M2, min, max; per categorical
+feature: value counts), the driver merges them and :func:`fit_plan` turns them into the
+:class:`~raymlops.model.FeaturePlan` a version stores, with exactly the statistics Ray Data's
+``StandardScaler`` / ``MinMaxScaler`` / ``OneHotEncoder`` compute (tested against them). The
+workers that read the data then apply that plan inside ``map_batches``; scoring and serving apply
+the same plan, so there is no training/serving skew.
+
+:class:`FeaturePipeline` fits the same steps with Ray's own preprocessors on an in-memory frame:
+the reference the distributed fit is checked against.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,7 +27,7 @@ from raymlops.config import PreprocessStep
 from raymlops.errors import ConfigError
 from raymlops.model import FeaturePlan, PlanStep, TableSchema
 
-__all__ = ["FeaturePipeline"]
+__all__ = ["FeaturePipeline", "TrainStats", "fit_plan", "step_columns"]
 
 _EPSILON = 1e-8  # Ray's scalers treat a smaller spread as 1 (constant columns)
 
@@ -200,3 +208,149 @@ class FeaturePipeline:
                 column, scale, shift = spec
                 steps.append(PlanStep(column, scale=float(scale), shift=float(shift)))
         return FeaturePlan(steps)
+
+
+# ------------------------------------------------------------------------------------------------
+# the distributed fit
+
+
+@dataclass
+class TrainStats:
+    """Mergeable statistics of the training split's features (one block's, or all of them).
+
+    Attributes:
+        numeric: names of the numeric features, in schema order.
+        n, mean, m2, low, high: per numeric feature, over its non-missing values (Chan's merge
+            keeps the variance exact where sum-of-squares would cancel).
+        counts: categorical feature -> category -> rows.
+    """
+
+    numeric: list[str]
+    n: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    def of_batch(
+        cls, numeric: list[str], values: np.ndarray, categorical: dict[str, np.ndarray]
+    ) -> TrainStats:
+        present = ~np.isnan(values)
+        n = present.sum(axis=0).astype(np.float64)
+        safe = np.where(present, values, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(n > 0, safe.sum(axis=0) / np.maximum(n, 1), 0.0)
+        m2 = (np.where(present, values - mean, 0.0) ** 2).sum(axis=0)
+        low = np.where(present, values, np.inf).min(axis=0) if len(values) else np.full(len(numeric), np.inf)
+        high = (
+            np.where(present, values, -np.inf).max(axis=0) if len(values) else np.full(len(numeric), -np.inf)
+        )
+        counts = {}
+        for col, cats in categorical.items():
+            series = pd.Series(cats, dtype=object)
+            counts[col] = {str(k): int(v) for k, v in series.value_counts(dropna=True).items()}
+        return cls(list(numeric), n, mean, m2, low, high, counts)
+
+    def merge(self, other: TrainStats) -> TrainStats:
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(n > 0, self.mean + delta * other.n / np.maximum(n, 1), 0.0)
+            m2 = self.m2 + other.m2 + np.where(n > 0, delta**2 * self.n * other.n / np.maximum(n, 1), 0.0)
+        counts = {c: dict(v) for c, v in self.counts.items()}
+        for col, cats in other.counts.items():
+            into = counts.setdefault(col, {})
+            for k, v in cats.items():
+                into[k] = into.get(k, 0) + v
+        return TrainStats(
+            self.numeric,
+            n,
+            mean,
+            m2,
+            np.minimum(self.low, other.low),
+            np.maximum(self.high, other.high),
+            counts,
+        )
+
+    def column(self, name: str) -> tuple[float, float, float, float] | None:
+        """(mean, population std, min, max) of a numeric feature; None when it had no values."""
+        i = self.numeric.index(name)
+        if self.n[i] == 0:
+            return None
+        return (
+            float(self.mean[i]),
+            float(np.sqrt(self.m2[i] / self.n[i])),
+            float(self.low[i]),
+            float(self.high[i]),
+        )
+
+
+def step_columns(spec: Any, schema: TableSchema) -> list[str]:
+    """The columns a preprocess step applies to, as the pipeline file names them."""
+    cols = spec.columns
+    if cols == "numeric":
+        return schema.numeric
+    if cols == "categorical":
+        return schema.categorical
+    if cols == "all":
+        return list(schema.features)
+    unknown = [c for c in cols if c not in schema.features]
+    if unknown:
+        raise ConfigError(f"preprocess step names column(s) {unknown} that are not features")
+    return list(cols)
+
+
+def _top_categories(counts: dict[str, int], limit: int | None) -> list[str]:
+    if limit is None or len(counts) <= limit:
+        return sorted(counts)
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+    return sorted(k for k, _ in ranked)
+
+
+def fit_plan(steps: list[PreprocessStep], schema: TableSchema, stats: TrainStats) -> FeaturePlan:
+    """The fitted plan from merged training statistics, step by step as Ray's preprocessors fit.
+
+    Each scaler sees the column as the steps before it left it: affine steps move the mean and the
+    extremes and stretch the spread, so their statistics follow from the raw ones exactly.
+    """
+    affine: dict[str, tuple[float, float]] = {c: (1.0, 0.0) for c in schema.numeric}
+    limits: dict[str, int | None] = {}
+    for step in steps:
+        columns = step_columns(step.spec, schema)
+        for col in columns:
+            if step.kind == "one_hot_encoder":
+                if col in schema.categorical:
+                    limits[col] = getattr(step.spec, "max_categories", None)
+                continue
+            if col not in affine:
+                continue
+            scale, shift = affine[col]
+            raw = stats.column(col)
+            if raw is None or not np.isfinite(scale):
+                affine[col] = (float("nan"), float("nan"))
+                continue
+            mean, std, low, high = raw
+            # statistics of the column after the earlier steps (scale > 0 keeps min/max in place)
+            mean, std, low, high = (
+                scale * mean + shift,
+                scale * std,
+                scale * low + shift,
+                scale * high + shift,
+            )
+            if step.kind == "standard_scaler":
+                std = 1.0 if std < _EPSILON else std
+                affine[col] = (scale / std, (shift - mean) / std)
+            elif step.kind == "min_max_scaler":
+                span = 1.0 if high - low < _EPSILON else high - low
+                affine[col] = (scale / span, (shift - low) / span)
+    plan_steps = []
+    for col in schema.features:
+        if col in schema.categorical:
+            cats = _top_categories(stats.counts.get(col, {}), limits.get(col))
+            plan_steps.append(PlanStep(col, categories=tuple(cats)))
+        else:
+            scale, shift = affine[col]
+            plan_steps.append(PlanStep(col, scale=float(scale), shift=float(shift)))
+    return FeaturePlan(plan_steps)

@@ -10,7 +10,7 @@ behind one small interface (:class:`ModelKind`). Nothing here imports training c
 from raymlops.errors import InputError
 
 from ._bundle import LEGACY_PICKLE_ENV, SCHEMA_FILE, ModelBundle, ScoredRows, prediction_schema
-from ._check import RowCheck, UnknownCategory, as_columns, check_rows
+from ._check import RowCheck, UnknownCategory, as_columns, check_rows, input_matrix
 from ._features import FEATURES_FILE, FeaturePlan, PlanStep
 from ._kinds import ModelKind, Predictor, SavedFiles, available_kinds, get_kind
 from ._outputs import (
@@ -47,6 +47,7 @@ __all__ = [
     "available_kinds",
     "check_rows",
     "get_kind",
+    "input_matrix",
     "label_dtype",
     "labels_from_scores",
     "output_columns",

@@ -20,7 +20,7 @@ from raymlops.errors import InputError
 
 from ._schema import TableSchema
 
-__all__ = ["RowCheck", "UnknownCategory", "as_columns", "check_rows"]
+__all__ = ["RowCheck", "UnknownCategory", "as_columns", "check_rows", "input_matrix"]
 
 UnknownCategory = Literal["ignore", "reject"]
 _MAX_SHOWN = 60
@@ -243,6 +243,24 @@ def _check_columns(
     return RowCheck(n, valid, reasons.array, numeric, categorical)
 
 
+def input_matrix(data: np.ndarray, schema: TableSchema) -> np.ndarray:
+    """A (n, k) matrix of whole rows as the model's feature columns.
+
+    Clients send either the model's features or the whole input row, constant columns that
+    training left out included (``schema.inputs``); the second is picked apart by column position.
+    """
+    width = data.shape[1]
+    if width == len(schema.features):
+        return data
+    if schema.inputs and width == len(schema.inputs):
+        position = {c: i for i, c in enumerate(schema.inputs)}
+        return data[:, [position[c] for c in schema.features]]
+    expected = f"{len(schema.features)}"
+    if schema.inputs and len(schema.inputs) != len(schema.features):
+        expected += f" (or {len(schema.inputs)} with the constant columns {', '.join(schema.dropped)})"
+    raise InputError(f"rows have {width} values; the model expects {expected}")
+
+
 def check_rows(data: Any, schema: TableSchema, *, unknown_category: UnknownCategory = "ignore") -> RowCheck:
     """Mark the rows the model can score and say why the others cannot.
 
@@ -261,8 +279,7 @@ def check_rows(data: Any, schema: TableSchema, *, unknown_category: UnknownCateg
     if isinstance(data, np.ndarray) and data.ndim == 2:
         if schema.categorical:
             raise InputError("a numeric matrix cannot carry the model's categorical features")
-        if data.shape[1] != len(schema.features):
-            raise InputError(f"rows have {data.shape[1]} values; the model expects {len(schema.features)}")
+        data = input_matrix(data, schema)
         return _check_matrix(data, schema)
     columns, n = as_columns(data)
     missing = [c for c in schema.features if c not in columns]

@@ -36,6 +36,8 @@ class TableSchema:
         categories: the categories seen in training, per categorical feature.
         excluded: columns read but never used as features.
         dropped: constant columns left out of the features (reported, not silently lost).
+        inputs: the candidate feature columns in source order, dropped ones included: what a
+            client that sends whole rows as lists sends (empty for versions that predate it).
     """
 
     target: str
@@ -47,6 +49,7 @@ class TableSchema:
     categories: dict[str, list[Any]] = field(default_factory=dict)
     excluded: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
 
     @property
     def numeric(self) -> list[str]:

@@ -17,7 +17,7 @@ import ray
 
 from raymlops.errors import DataError
 
-__all__ = ["SplitArrays", "TrainedModel", "TrainingData", "dataset_from_arrays"]
+__all__ = ["SplitArrays", "TrainedModel", "TrainingData", "dataset_from_arrays", "row_share_mask"]
 
 X_COLUMN = "x"
 Y_COLUMN = "y"
@@ -53,6 +53,29 @@ def _collect(ds: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 _collect_remote = ray.remote(num_cpus=0.5)(_collect)
+
+
+def row_share_mask(rows: np.ndarray, share: float, salt: int = 0) -> np.ndarray:
+    """Rows whose (salted) hash falls in the lowest ``share`` of the range: a seeded sample.
+
+    ``rows`` is the ``row`` column (the row's 64-bit content hash); the salt gives each forest
+    tree its own sample. Mixing is splitmix64, so salts give independent samples.
+    """
+    h = rows.view(np.uint64) ^ np.uint64((salt * 0x9E3779B97F4A7C15) % 2**64)
+    with np.errstate(over="ignore"):
+        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        h = h ^ (h >> np.uint64(31))
+    return h < np.uint64(min(int(share * 2**64), 2**64 - 1))
+
+
+class _RowsBelow:
+    def __init__(self, share: float) -> None:
+        self.share = share
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        keep = row_share_mask(np.asarray(batch["row"]), self.share)
+        return {k: np.asarray(v)[keep] for k, v in batch.items()}
 
 
 @dataclass
@@ -132,11 +155,30 @@ class TrainingData:
     def n_features(self) -> int:
         return len(self.feature_names)
 
-    def arrays(self, split: Literal["train", "val"]) -> SplitArrays:
-        """The split as arrays in the object store (materialized once, by a Ray task)."""
-        if split not in self._arrays:
-            self._arrays[split] = SplitArrays.of(self.train if split == "train" else self.val)
-        return self._arrays[split]
+    def arrays(self, split: Literal["train", "val"], *, max_rows: int | None = None) -> SplitArrays:
+        """The split as arrays in the object store (materialized once, by a Ray task).
+
+        Args:
+            max_rows: for estimators that need the split in memory: beyond this many rows they get
+                a seeded sample of about that size, drawn by row hash (the same rows whatever the
+                layout), so a task's memory stays bounded whatever the data size.
+        """
+        rows = self.n_train if split == "train" else self.n_val
+        share = 1.0 if max_rows is None or rows <= max_rows else max_rows / rows
+        key = f"{split}:{share:.6g}"
+        if key not in self._arrays:
+            ds = self.train if split == "train" else self.val
+            if share < 1.0:
+                ds = ds.map_batches(
+                    _RowsBelow(share), batch_format="numpy", batch_size=None, zero_copy_batch=True
+                )
+            self._arrays[key] = SplitArrays.of(ds)
+        return self._arrays[key]
+
+    def sampled(self, split: Literal["train", "val"], max_rows: int | None) -> bool:
+        """Whether :meth:`arrays` with this cap hands out a sample rather than the whole split."""
+        rows = self.n_train if split == "train" else self.n_val
+        return max_rows is not None and rows > max_rows
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

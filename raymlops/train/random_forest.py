@@ -22,7 +22,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from raymlops.config import ModelConfig, TuneConfig
 from raymlops.evaluate.metrics import compute_metrics
 from raymlops.model.random_forest import ForestParams
-from raymlops.train.base import SplitArrays, TrainedModel, TrainingData
+from raymlops.train.base import SplitArrays, TrainedModel, TrainingData, row_share_mask
 from raymlops.train.tune import (
     best_or_raise,
     iter_results,
@@ -32,7 +32,15 @@ from raymlops.train.tune import (
     trial_concurrency,
 )
 
-__all__ = ["STEPS", "fit_forest", "forest_estimator", "train", "tree_seeds"]
+__all__ = [
+    "STEPS",
+    "TREE_ROWS",
+    "fit_forest",
+    "fit_forest_sampled",
+    "forest_estimator",
+    "train",
+    "tree_seeds",
+]
 
 STEPS = 5
 _MAX_INT = np.iinfo(np.int32).max
@@ -163,6 +171,56 @@ def fit_forest_ref(
     return _merge(trees, task, params, parts[0][1], parts[0][2], n_classes)
 
 
+# Beyond this many rows each tree is built from its own seeded sample of about this size, drawn
+# from the Ray Datasets by the task that builds it (its memory: ~rows x features x 4 bytes per tree
+# of its chunk, plus scikit-learn's working copy; see benchmarks/train_scale.py for measurements).
+TREE_ROWS = 250_000
+TRIAL_VAL_ROWS = 100_000
+
+
+def _sampled_trees(
+    datasets: list[Any], seeds: list[int], share: float, task: str, params: dict[str, Any]
+) -> tuple[list[Any], int, int]:
+    """Build trees, each from the rows its seed's hash sample picks, reading the Datasets once."""
+    xs: dict[int, list[np.ndarray]] = {s: [] for s in seeds}
+    ys: dict[int, list[np.ndarray]] = {s: [] for s in seeds}
+    n_cols = 0
+    for ds in datasets:
+        for batch in ds.iter_batches(batch_size=65_536, batch_format="numpy"):
+            rows = np.asarray(batch["row"])
+            X, y = np.asarray(batch["x"], dtype=np.float32), np.asarray(batch["y"])
+            n_cols = X.shape[1]
+            for seed in seeds:
+                keep = row_share_mask(rows, share, salt=int(seed) + 1)
+                xs[seed].append(X[keep])
+                ys[seed].append(y[keep])
+    trees, drawn = [], 0
+    for seed in seeds:
+        X_s, y_s = np.concatenate(xs.pop(seed)), np.concatenate(ys.pop(seed))
+        drawn = max(drawn, len(X_s))
+        trees.extend(_build_trees(X_s, y_s, [seed], task, params))
+    return trees, drawn, n_cols
+
+
+# Half a CPU: the task reads its rows through Ray Data, whose read tasks need the other half.
+_sampled_trees_remote = ray.remote(num_cpus=0.5)(_sampled_trees)
+
+
+def fit_forest_sampled(
+    datasets: list[Any], n_rows: int, task: str, params: ForestParams, *, workers: int, n_classes: int
+) -> Any:
+    """Fit one forest whose trees each see a bounded sample of the rows; no task holds them all."""
+    share = min(1.0, TREE_ROWS / max(1, n_rows))
+    param_dict = params.model_dump()
+    futures = [
+        _sampled_trees_remote.remote(datasets, chunk, share, task, param_dict)
+        for chunk in _chunks(params, workers)
+    ]
+    parts = ray.get(futures)
+    trees = [t for part, _, _ in parts for t in part]
+    return _merge(trees, task, params, max(p[1] for p in parts), parts[0][2], n_classes)
+
+
 def forest_scores(estimator: Any, X: np.ndarray, task: str) -> np.ndarray:
     return estimator.predict_proba(X) if task == "classification" else estimator.predict(X)
 
@@ -211,7 +269,10 @@ def train(
 ) -> TrainedModel:
     """Search the forest's space with Tune, then refit the winner tree-parallel on train+validation."""
     metric, mode = resolve_metric(tune_cfg, data.task)
-    train_arrays, val_arrays = data.arrays("train"), data.arrays("val")
+    # Trials grow forests on a seeded sample when the data is large: they rank parameters, and
+    # the final refit below builds every tree from its own sample of all the rows.
+    train_arrays = data.arrays("train", max_rows=TREE_ROWS)
+    val_arrays = data.arrays("val", max_rows=TRIAL_VAL_ROWS)
     trainable = tune.with_parameters(
         _forest_trial,
         train=train_arrays,
@@ -236,8 +297,21 @@ def train(
     best = best_or_raise(results, metric, mode, model_cfg.name)
     sampled = {k: v for k, v in (best.config or {}).items() if k in model_cfg.search}
     params = ForestParams.model_validate({**model_cfg.params, **sampled})
-    both = SplitArrays(_concat_remote.remote(train_arrays.ref, val_arrays.ref))
-    forest = fit_forest_ref(both, data.task, params, workers=model_cfg.workers, n_classes=data.n_classes)
+    n_rows = data.n_train + data.n_val
+    extra: dict[str, Any] = {}
+    if n_rows > TREE_ROWS:
+        forest = fit_forest_sampled(
+            [data.train, data.val],
+            n_rows,
+            data.task,
+            params,
+            workers=model_cfg.workers,
+            n_classes=data.n_classes,
+        )
+        extra["rows_per_tree"] = int(forest._n_samples)
+    else:
+        both = SplitArrays(_concat_remote.remote(train_arrays.ref, val_arrays.ref))
+        forest = fit_forest_ref(both, data.task, params, workers=model_cfg.workers, n_classes=data.n_classes)
     trials = summarize_trials(results, metric)
     return TrainedModel(
         name=model_cfg.name,
@@ -247,7 +321,10 @@ def train(
         val_metric=float((best.metrics or {})[metric]),
         estimator=forest,
         trials=trials,
-        extra={"trees_built_in_search": int(sum(t.get("trees") or 0 for t in _trial_trees(results)))},
+        extra={
+            "trees_built_in_search": int(sum(t.get("trees") or 0 for t in _trial_trees(results))),
+            **extra,
+        },
     )
 
 

@@ -9,6 +9,7 @@ train+validation by a Ray task: the rows never pass through the driver.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -78,6 +79,10 @@ def _refit(path: str, params: dict[str, Any], train: Any, val: Any) -> Any:
 _refit_remote = ray.remote(num_cpus=1)(_refit)
 
 
+MAX_ROWS = 1_000_000
+log = logging.getLogger("raymlops")
+
+
 def train(
     model_cfg: ModelConfig,
     tune_cfg: TuneConfig,
@@ -91,7 +96,17 @@ def train(
     """Search the estimator's space with Tune, then refit the winner on train+validation."""
     assert model_cfg.estimator is not None  # the config refuses kind sklearn without one
     metric, mode = resolve_metric(tune_cfg, data.task)
-    train_arrays, val_arrays = data.arrays("train"), data.arrays("val")
+    # scikit-learn estimators fit in one process's memory: beyond MAX_ROWS they see a seeded sample
+    train_arrays = data.arrays("train", max_rows=MAX_ROWS)
+    val_arrays = data.arrays("val", max_rows=MAX_ROWS // 4)
+    sampled_rows = data.sampled("train", MAX_ROWS)
+    if sampled_rows:
+        log.warning(
+            "%s: %d training rows; kind sklearn fits in one process, on a seeded sample of ~%d",
+            model_cfg.name,
+            data.n_train,
+            MAX_ROWS,
+        )
     probe = _make(model_cfg.estimator, model_cfg.params)
     trainable = tune.with_parameters(
         _sklearn_trial,
@@ -128,4 +143,5 @@ def train(
         estimator=estimator,
         trials=summarize_trials(results, metric),
         metadata={"estimator": model_cfg.estimator},
+        extra={"training_rows_sampled": MAX_ROWS} if sampled_rows else {},
     )

@@ -19,9 +19,9 @@ def frame(n: int = 40) -> pd.DataFrame:
     )
 
 
-def check(df: pd.DataFrame, **data_kwargs):
+def check(df: pd.DataFrame, checks: ValidationConfig | None = None, **data_kwargs):
     cfg = DataConfig(source="mem.csv", target=data_kwargs.pop("target", "label"), **data_kwargs)
-    return validate_training_frame(df, cfg, ValidationConfig(), "mem.csv")
+    return validate_training_frame(df, cfg, checks or ValidationConfig(), "mem.csv")
 
 
 def test_infers_schema_with_categorical_and_classes():
@@ -53,7 +53,7 @@ def test_null_fraction_over_limit_and_constant_column_are_both_reported():
     df.loc[3, "x2"] = None
     df["const"] = 1.0
     with pytest.raises(DataValidationError) as err:
-        check(df)
+        check(df, ValidationConfig(forbid_constant_columns=True))
     assert len(err.value.problems) == 2
     assert "'x2'" in str(err.value) and "'const'" in str(err.value)
 
@@ -75,3 +75,11 @@ def test_regression_is_inferred_for_continuous_target():
     df["y"] = np.linspace(0, 1, len(df))
     _, schema = check(df.drop(columns=["label"]), target="y")
     assert schema.task == "regression" and schema.classes is None
+
+
+def test_constant_column_is_left_out_with_a_warning_by_default():
+    df = frame()
+    df["const"] = 1.0
+    _, schema = check(df)
+    assert "const" not in schema.features and schema.dropped == ["const"]
+    assert schema.inputs == ["x1", "x2", "color", "const"]

@@ -65,3 +65,30 @@ def test_asha_stops_weak_forest_trials_early(ray_session, digits, tmp_path):
         assert len(trained.estimator.estimators_) == 50
     assert built["fifo"] == 8 * 50
     assert built["asha"] < built["fifo"]
+
+
+def test_sampled_forest_bounds_each_tree_and_ignores_the_worker_count(ray_session) -> None:
+    """Large data: each tree reads its own seeded sample from the Dataset; same seed, same forest."""
+    import numpy as np
+
+    from raymlops.model.random_forest import ForestParams
+    from raymlops.train.base import dataset_from_arrays
+    from raymlops.train.random_forest import fit_forest_sampled
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6000, 5)).astype(np.float32)
+    y = (X[:, 0] + X[:, 1] > 0).astype(np.int64)
+    ds = dataset_from_arrays(X, y)
+    params = ForestParams(n_estimators=6, max_depth=6, random_state=3)
+    import raymlops.train.random_forest as rf
+
+    old, rf.TREE_ROWS = rf.TREE_ROWS, 1000
+    try:
+        one = fit_forest_sampled([ds], len(X), "classification", params, workers=1, n_classes=2)
+        three = fit_forest_sampled([ds], len(X), "classification", params, workers=3, n_classes=2)
+    finally:
+        rf.TREE_ROWS = old
+    np.testing.assert_array_equal(one.predict_proba(X), three.predict_proba(X))
+    for tree in one.estimators_:
+        assert tree.tree_.n_node_samples[0] <= 1300  # ~1000 rows each, not 6000
+    assert (one.predict(X) == y).mean() > 0.9
