@@ -215,30 +215,33 @@ def _run_untracked(
     from raymlops.evaluate._pipeline import evaluate_held_out
     from raymlops.evaluate.gate import evaluate_gate
 
-    stage("evaluation")
-    held_out = evaluate_held_out(
-        prepared,
-        bundles,
-        champion_bundle,
-        gate_metric=cfg.gate.metric or metric,
-        group_column=cfg.fairness.sensitive if cfg.fairness is not None else None,
-        seed=cfg.data.split.seed,
-    )
-
     def rank(t: TrainedModel) -> float:
         return t.val_metric if mode == "max" else -t.val_metric
 
     best_trained = max(trained_models, key=rank)
     best_bundle = bundles[best_trained.name]
+    stage("evaluation")
+    held_out = evaluate_held_out(
+        prepared.rows("test"),
+        schema,
+        bundles,
+        best_trained.name,
+        champion_bundle,
+        store_uri=store_obj.uri,
+        name=cfg.name,
+        gate_metric=cfg.gate.metric or metric,
+        group_column=cfg.fairness.sensitive if cfg.fairness is not None else None,
+        seed=cfg.data.split.seed,
+    )
     metrics: dict[str, Any] = dict(held_out.metrics[best_trained.name])
-    metrics["interval"] = held_out.intervals[best_trained.name]
+    metrics["interval"] = held_out.interval()
     if schema.task == "classification":
-        metrics["confusion_matrix"] = held_out.confusion[best_trained.name]
+        metrics["confusion_matrix"] = held_out.confusion()
     if cfg.fairness is not None:
-        metrics["fairness"] = held_out.fairness(best_trained.name, schema, cfg.fairness.sensitive)
+        metrics["fairness"] = held_out.fairness()
 
     stage("gate")
-    champion = held_out.champion_summary(champion_bundle, schema)
+    champion = held_out.champion_summary(champion_bundle)
     gate = evaluate_gate(cfg.gate, metrics, metric=metric, champion=champion, fairness=cfg.fairness)
 
     split_sizes = checked.split_sizes()
@@ -263,6 +266,7 @@ def _run_untracked(
             "dropped_columns": schema.dropped,
             "schema_changes": schema_changed,
             "evaluation_sample_rows": held_out.sample_rows,
+            "test_rows_scored": held_out.result.rows,
         },
         "config_hash": config_hash(cfg),
         "pipeline_file": os.path.abspath(pipeline_file) if pipeline_file else None,
@@ -274,13 +278,11 @@ def _run_untracked(
     }
     with tempfile.TemporaryDirectory(prefix="raymlops-version-") as tmp:
         folder = Path(tmp)
-        fast_path = best_bundle.save(folder, check_X=held_out.sample_inputs(plan, schema))
+        fast_path = best_bundle.save(folder, check_X=_model_inputs(held_out.sample, schema, plan))
         if fast_path:
             metadata["fast_path"] = fast_path
         stage("report")
-        governance = _governance(
-            folder, cfg, best_bundle, prepared, held_out, best_trained.name, metric, metadata
-        )
+        governance = _governance(folder, cfg, best_bundle, prepared, held_out, metric, metadata)
         stage("registration")
         version = store_obj.register(cfg.name, folder, metadata)
 
@@ -323,6 +325,20 @@ def _run_untracked(
         },
         "seconds": round(time.time() - started, 2),
     }
+
+
+def _model_inputs(sample: Any, schema: TableSchema, plan: Any) -> Any:
+    """The held-out sample as model input (the fast path is checked against it)."""
+    import pyarrow as pa
+
+    from raymlops.data.prepare import raw_features
+
+    if sample is None or not len(sample):
+        return None
+    numeric, categorical = raw_features(
+        pa.Table.from_pandas(sample[schema.features], preserve_index=False), schema
+    )
+    return plan.apply(numeric, categorical)
 
 
 def _peak_rss_mb() -> float:
@@ -384,7 +400,6 @@ EXPLAIN_FILE = "explain.json"
 _EXPLAIN_ROWS = 2000
 _PD_ROWS = 500
 _TOP_FEATURES = 5
-_REFERENCE_ROWS = 20_000
 
 
 def _governance(
@@ -393,54 +408,49 @@ def _governance(
     bundle: ModelBundle,
     prepared: Any,
     held_out: HeldOut,
-    name: str,
     metric: str,
     metadata: dict[str, Any],
 ) -> dict[str, Any]:
     """Explanations, reference statistics and the report, written into the version's staging folder.
 
     Explanations run on the bounded held-out sample (importance on up to 2000 rows, partial
-    dependence on 500 for the top 5 features), the reference on a bounded sample of training rows,
-    so they cost seconds, not minutes, whatever the data size; the sample sizes are recorded.
+    dependence on 500 for the top 5 features) so they cost seconds whatever the data size; the
+    reference statistics come from one more distributed pass over the training rows.
     """
     import json
 
     import numpy as np
 
-    from raymlops.data.prepare import sample_rows
     from raymlops.evaluate.explain import explain_model
-    from raymlops.evaluate.reference import build_reference, write_reference
+    from raymlops.evaluate.reference import build_reference_from_partials, reference_partial, write_reference
     from raymlops.evaluate.report import write_report
     from raymlops.monitor._drift import Thresholds, batch_stats, finalize, spec_from_reference
 
     started = time.time()
     schema = prepared.schema
-    sample = held_out.sample
-    sample_y = held_out.sample_y
-    assert sample is not None and sample_y is not None  # evaluate_held_out always draws one
+    frame, y = held_out.explain_inputs(bundle)
     explanation = explain_model(
-        bundle, sample, sample_y, metric, top=_TOP_FEATURES, max_rows=_EXPLAIN_ROWS, pd_rows=_PD_ROWS
+        bundle, frame, y, metric, top=_TOP_FEATURES, max_rows=_EXPLAIN_ROWS, pd_rows=_PD_ROWS
     )
     (folder / EXPLAIN_FILE).write_text(json.dumps(explanation, indent=1, default=str))
-    training_rows = sample_rows(prepared, "train", _REFERENCE_ROWS)
-    scores = held_out.scores(name)
-    reference, ref_sample = build_reference(
-        training_rows,
+    partial = reference_partial(prepared.rows("train"), schema).merge(
+        reference_partial(prepared.rows("validation"), schema)
+    )
+    reference, ref_sample = build_reference_from_partials(
+        partial,
         schema,
-        scores,
+        held_out.prediction(),
         extra={
             "metric": metric,
             "held_out_metrics": {k: v for k, v in metadata["metrics"].items() if isinstance(v, (int, float))},
         },
     )
-    reference["rows_sampled"] = reference["rows"]
-    reference["rows"] = prepared.checked.split.total("train")
     write_reference(folder, reference, ref_sample)
     thresholds = Thresholds(
         psi_drift=cfg.monitor.psi_drift, psi_warning=cfg.monitor.psi_warning, pvalue=cfg.monitor.ks_pvalue
     )
     split_drift = finalize(
-        batch_stats(sample, spec_from_reference(reference)), reference, ref_sample, thresholds
+        batch_stats(held_out.sample, spec_from_reference(reference)), reference, ref_sample, thresholds
     )
     top = [
         {"feature": r["feature"], "importance": r["importance"]}
@@ -451,14 +461,13 @@ def _governance(
         "top_features": top,
         "file": EXPLAIN_FILE,
         "sample_rows": held_out.sample_rows,
+        "sample_seed": held_out.result.sample_seed,
     }
-    metadata["reference"] = {
-        "file": "reference.json",
-        "rows": reference["rows"],
-        "rows_sampled": reference["rows_sampled"],
-    }
+    metadata["reference"] = {"file": "reference.json", "rows": reference["rows"]}
     metadata["split_drift"] = {"drifted_features": split_drift["drifted_features"]}
-    residuals = (held_out.y, np.asarray(scores)) if schema.task == "regression" else None
+    residuals = None
+    if schema.task == "regression" and len(frame):
+        residuals = (np.asarray(y), np.asarray(bundle.score(frame).scores))
     write_report(
         folder / REPORT_FILE,
         cfg.name,
