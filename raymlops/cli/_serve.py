@@ -97,6 +97,23 @@ def serve_cmd(
         )
 
 
+_GRACEFUL_STOP_S = 4.0
+
+
+def _stop(handle: Any, embedded: bool) -> None:
+    """[console] Serve's graceful shutdown (replicas flush the request log), bounded for an embedded
+    Ray: the command's session then stops the instance and ends what is left of it, so that
+    SIGTERM or Ctrl-C stops `raymlops serve` within 10 s."""
+    import threading
+
+    if not embedded:
+        handle.stop(shutdown=False)
+        return
+    stopper = threading.Thread(target=handle.stop, kwargs={"shutdown": True}, daemon=True)
+    stopper.start()
+    stopper.join(_GRACEFUL_STOP_S)
+
+
 def _interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
 
@@ -147,7 +164,7 @@ def _serve_until_interrupted(
         raise  # [console] the session ends what is left of Ray and exits 130 (Ctrl-C) or 143 (SIGTERM)
     finally:
         if handle is not None:
-            handle.stop(shutdown=embedded)
+            _stop(handle, embedded)
         elif embedded:
             import ray
 
