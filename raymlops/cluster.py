@@ -133,9 +133,11 @@ def shutdown() -> list[int]:
         The pids that were still running after ``ray.shutdown`` and had to be ended.
     """
     global _owned
+    started = time.monotonic()
     if ray.is_initialized():
         with contextlib.suppress(Exception):
             ray.shutdown()
+    log.info("ray.shutdown took %.1f s", time.monotonic() - started)
     marker, _owned = _owned, None
     if marker is None:
         return []

@@ -104,14 +104,18 @@ def _stop(handle: Any, embedded: bool) -> None:
     """[console] Serve's graceful shutdown (replicas flush the request log), bounded for an embedded
     Ray: the command's session then stops the instance and ends what is left of it, so that
     SIGTERM or Ctrl-C stops `raymlops serve` within 10 s."""
+    import logging
     import threading
+    import time
 
     if not embedded:
         handle.stop(shutdown=False)
         return
     stopper = threading.Thread(target=handle.stop, kwargs={"shutdown": True}, daemon=True)
+    started = time.monotonic()
     stopper.start()
     stopper.join(_GRACEFUL_STOP_S)
+    logging.getLogger("raymlops").info("serve.shutdown: %.1f s", time.monotonic() - started)
 
 
 def _interrupt(*_: Any) -> None:
