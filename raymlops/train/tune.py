@@ -123,7 +123,9 @@ def run_search(
         from raymlops.tracking import tune_callbacks
 
         callbacks = tune_callbacks(model_cfg.name)
-    callbacks = [*callbacks, *search_callbacks(model_cfg.name, model_cfg.kind, metric, mode, tune_cfg.num_samples)]  # noqa: E501 [console] live view
+    # [console] the live view's trial rows
+    progress = search_callbacks(model_cfg.name, model_cfg.kind, metric, mode, tune_cfg.num_samples)
+    callbacks = [*callbacks, *progress]
     wrapped = tune.with_resources(trainable, resources)
     path = f"{storage_path.rstrip('/')}/{experiment}"
     if resume and tune.Tuner.can_restore(path):
