@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from raymlops._progress import stage
 from raymlops.config import METRIC_MODES, PipelineConfig, config_hash, resolve_metric
 from raymlops.data._errors import DataValidationError
 from raymlops.model import ModelBundle, TableSchema
@@ -177,15 +178,18 @@ def _run_untracked(
 
     started = time.time()
     store_obj = ModelStore(resolve_store_uri(store, cfg.store))
+    stage("start Ray")
     cluster = _connect_for(cfg, address)
     log.info("connected to Ray: %s CPUs, %s GPUs, %s node(s)", cluster.cpus, cluster.gpus, cluster.nodes)
 
+    stage("ingest, checks, split")
     checked = check_source(cfg)
     schema = checked.schema
     for warning in checked.check.warnings:
         log.warning("%s", warning)
     champion_bundle = _champion_bundle(store_obj, cfg.name)
     schema_changed = _check_against_champion(cfg, champion_bundle, schema)
+    stage("preprocess")
     prepared = prepare(cfg, checked)
     plan = prepared.plan
     data = prepared.training_data()
@@ -195,6 +199,7 @@ def _run_untracked(
     trained_models: list[TrainedModel] = []
     bundles: dict[str, ModelBundle] = {}
     for model_cfg in cfg.models:
+        stage(f"search {model_cfg.name}")
         trained = train_model(
             model_cfg,
             cfg.tune,
@@ -215,6 +220,7 @@ def _run_untracked(
 
     best_trained = max(trained_models, key=rank)
     best_bundle = bundles[best_trained.name]
+    stage("evaluation")
     held_out = evaluate_held_out(
         prepared.rows("test"),
         schema,
@@ -234,6 +240,7 @@ def _run_untracked(
     if cfg.fairness is not None:
         metrics["fairness"] = held_out.fairness()
 
+    stage("gate")
     champion = held_out.champion_summary(champion_bundle)
     gate = evaluate_gate(cfg.gate, metrics, metric=metric, champion=champion, fairness=cfg.fairness)
 
@@ -274,7 +281,9 @@ def _run_untracked(
         fast_path = best_bundle.save(folder, check_X=_model_inputs(held_out.sample, schema, plan))
         if fast_path:
             metadata["fast_path"] = fast_path
+        stage("report")
         governance = _governance(folder, cfg, best_bundle, prepared, held_out, metric, metadata)
+        stage("registration")
         version = store_obj.register(cfg.name, folder, metadata)
 
     promoted, not_promoted_because = _promote(

@@ -32,5 +32,25 @@ app.add_typer(_jobs.jobs_app, name="jobs")
 app.add_typer(_keys.keys_app, name="keys")
 
 
+_INTERRUPTED = (130, 143)  # Ctrl-C, SIGTERM
+
+
 def main() -> None:
-    app()
+    """The console script.
+
+    After Ctrl-C or SIGTERM the command's session has already stopped Ray and ended what was left
+    of it; the interpreter's own teardown (atexit hooks, the joins of threads Ray and Serve
+    started) can then take seconds more on a busy machine, so exit at once: a stopped
+    `raymlops serve` must be gone within 10 s.
+    """
+    import os
+    import sys
+
+    try:
+        app()
+    except SystemExit as done:
+        if done.code in _INTERRUPTED:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(int(done.code))  # type: ignore[arg-type]
+        raise

@@ -20,6 +20,7 @@ __all__ = [
     "JsonOpt",
     "LegacyPickleOpt",
     "StoreOpt",
+    "VerboseOpt",
     "allow_legacy_pickle",
     "fail",
     "guard",
@@ -65,6 +66,14 @@ def allow_legacy_pickle(enabled: bool) -> None:
         highlight=False,
         soft_wrap=True,
     )
+
+
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "-v", "--verbose", help="Stream Ray's, Tune's and TensorFlow's logs (default: to the log file)"
+    ),
+]
 
 
 def fail(message: str, code: int = 2) -> None:

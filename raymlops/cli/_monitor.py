@@ -8,9 +8,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from raymlops._console import err_console, json_stdout, print_json
+from raymlops._console import command_session, err_console, json_stdout, print_json
 
-from ._common import AddressOpt, JsonOpt, LegacyPickleOpt, StoreOpt, allow_legacy_pickle, guard
+from ._common import AddressOpt, JsonOpt, LegacyPickleOpt, StoreOpt, VerboseOpt, allow_legacy_pickle, guard
 
 
 def monitor(
@@ -41,6 +41,7 @@ def monitor(
     fail_on_drift: Annotated[
         bool, typer.Option("--fail-on-drift", help="Exit 3 on drift, schema skew or degraded live metrics")
     ] = False,
+    verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
     legacy_pickle: LegacyPickleOpt = False,
 ) -> None:
@@ -50,9 +51,11 @@ def monitor(
     """
     from raymlops.monitor import DRIFT_EXIT_CODE
     from raymlops.monitor import monitor as run_monitor
+    from raymlops.registry import resolve_store_uri
 
     allow_legacy_pickle(legacy_pickle)
-    with json_stdout(as_json):
+    session = command_session("monitor", store=resolve_store_uri(store), verbose=verbose, view=False)
+    with session, json_stdout(as_json):
         result = guard(
             run_monitor,
             ref,

@@ -10,17 +10,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from raymlops._console import err_console, json_stdout, print_json
+from raymlops._console import command_session, err_console, json_stdout, print_json
 
-from ._common import (
-    AddressOpt,
-    JsonOpt,
-    LegacyPickleOpt,
-    StoreOpt,
-    allow_legacy_pickle,
-    guard,
-    quiet_tensorflow,
-)
+from ._common import AddressOpt, JsonOpt, LegacyPickleOpt, StoreOpt, VerboseOpt, allow_legacy_pickle, guard
 
 
 def run(
@@ -28,20 +20,26 @@ def run(
     store: StoreOpt = None,
     address: AddressOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted search")] = False,
+    verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
     legacy_pickle: LegacyPickleOpt = False,
 ) -> None:
     """Run the whole pipeline: data checks, search, training, evaluation, gate, registration."""
     from raymlops.config import load_pipeline
     from raymlops.pipeline import run_pipeline
+    from raymlops.registry import resolve_store_uri
 
-    quiet_tensorflow()
     allow_legacy_pickle(legacy_pickle)  # the champion's re-scoring may read an old version
     cfg = guard(load_pipeline, pipeline)
-    with json_stdout(as_json):
-        summary = guard(
-            run_pipeline, cfg, store=store, address=address, resume=resume, pipeline_file=str(pipeline)
-        )
+    store_uri = resolve_store_uri(store, cfg.store)
+    with command_session(
+        "run", store=store_uri, verbose=verbose, title=f"raymlops run {cfg.name}"
+    ) as session:
+        session.interrupt_hint = f"raymlops run {pipeline} --resume continues the interrupted search"
+        with json_stdout(as_json):
+            summary = guard(
+                run_pipeline, cfg, store=store, address=address, resume=resume, pipeline_file=str(pipeline)
+            )
     if as_json:
         print_json(summary)
     else:

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from raymlops._console import err_console, json_stdout, print_json
+from raymlops._console import command_session, err_console, json_stdout, print_json
 
-from ._common import AddressOpt, JsonOpt, StoreOpt, fail, guard, quiet_tensorflow
+from ._common import AddressOpt, JsonOpt, StoreOpt, VerboseOpt, fail, guard
 
 
 def score(
@@ -44,15 +44,19 @@ def score(
             help="Load a version an older raymlops wrote with pickled files (runs code: trusted stores only)",
         ),
     ] = False,
+    verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Score a large CSV/Parquet input with Ray Data; bad rows go to quarantine with a reason."""
+    from raymlops.registry import resolve_store_uri
     from raymlops.score import ScoreFailed
     from raymlops.score import score as run_score
 
-    quiet_tensorflow()
     columns = None if keep is None else [c.strip() for c in keep.split(",") if c.strip()]
-    with json_stdout(as_json):
+    with (
+        command_session("score", store=resolve_store_uri(store), verbose=verbose, view=False),
+        json_stdout(as_json),
+    ):
         try:
             summary = guard(
                 run_score,

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from raymlops._console import err_console
+from raymlops._console import command_session, err_console
 
-from ._common import AddressOpt, StoreOpt, fail, guard, quiet_tensorflow
+from ._common import AddressOpt, StoreOpt, VerboseOpt, fail, guard, quiet_tensorflow
 
 
 def serve_cmd(
@@ -59,6 +59,7 @@ def serve_cmd(
             "--insecure", help="Serve without an API key on a non-loopback address (refused otherwise)"
         ),
     ] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Serve models over HTTP (TF Serving REST and Open Inference Protocol v2) until Ctrl-C.
 
@@ -111,9 +112,31 @@ def serve_cmd(
 
     bind = host or "127.0.0.1"
     guard(check_exposure, bind, bool(os.environ.get(API_KEY_ENV)), insecure)
-    _serve_until_interrupted(
-        models, st.uri, bind, port, options, canary, request_log, address, insecure=insecure
-    )
+    with command_session("serve", store=st.uri, verbose=verbose, view=False):  # [console] logs, no leftovers
+        _serve_until_interrupted(
+            models, st.uri, bind, port, options, canary, request_log, address, insecure=insecure
+        )
+
+
+_GRACEFUL_STOP_S = 4.0
+
+
+def _stop(handle: Any, embedded: bool) -> None:
+    """[console] Serve's graceful shutdown (replicas flush the request log), bounded for an embedded
+    Ray: the command's session then stops the instance and ends what is left of it, so that
+    SIGTERM or Ctrl-C stops `raymlops serve` within 10 s."""
+    import logging
+    import threading
+    import time
+
+    if not embedded:
+        handle.stop(shutdown=False)
+        return
+    stopper = threading.Thread(target=handle.stop, kwargs={"shutdown": True}, daemon=True)
+    started = time.monotonic()
+    stopper.start()
+    stopper.join(_GRACEFUL_STOP_S)
+    logging.getLogger("raymlops").info("serve.shutdown: %.1f s", time.monotonic() - started)
 
 
 def _interrupt(*_: Any) -> None:
@@ -168,9 +191,10 @@ def _serve_until_interrupted(
             time.sleep(1)
     except KeyboardInterrupt:
         err_console.print("stopping")
+        raise  # [console] the session ends what is left of Ray and exits 130 (Ctrl-C) or 143 (SIGTERM)
     finally:
         if handle is not None:
-            handle.stop(shutdown=embedded)
+            _stop(handle, embedded)
         elif embedded:
             import ray
 

@@ -17,6 +17,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from raymlops._progress import search_callbacks
 from raymlops.config import ModelConfig, SearchSpace, TuneConfig, resolve_metric
 from raymlops.errors import UserError
 
@@ -52,8 +53,6 @@ def to_param_space(search: dict[str, SearchSpace]) -> dict[str, Any]:
             low, high = spec.randint
             space[key] = tune.randint(low, high + 1)  # inclusive upper bound, as written in the file
     return space
-
-
 
 
 def make_scheduler(tune_cfg: TuneConfig, max_t: int) -> TrialScheduler:
@@ -116,6 +115,9 @@ def run_search(
         from raymlops.tracking import tune_callbacks
 
         callbacks = tune_callbacks(model_cfg.name)
+    # [console] the live view's trial rows
+    progress = search_callbacks(model_cfg.name, model_cfg.kind, metric, mode, tune_cfg.num_samples)
+    callbacks = [*callbacks, *progress]
     wrapped = tune.with_resources(trainable, resources)
     path = f"{storage_path.rstrip('/')}/{experiment}"
     if resume and tune.Tuner.can_restore(path):
@@ -130,7 +132,6 @@ def run_search(
             mode=mode,
             num_samples=tune_cfg.num_samples,
             scheduler=make_scheduler(tune_cfg, max_t),
-            max_concurrent_trials=max_concurrent,
             reuse_actors=tune_cfg.reuse_actors,
             search_alg=BasicVariantGenerator(random_state=tune_cfg.seed, max_concurrent=max_concurrent),
         ),
