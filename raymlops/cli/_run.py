@@ -60,6 +60,8 @@ def _print_run_summary(summary: dict[str, Any]) -> None:
     err_console.print(f"version: {summary['pipeline']}:{summary['version']}   gate: {verdict}")
     for reason in gate["reasons"]:
         err_console.print(f"  - {reason}", highlight=False)
+    for warning in summary.get("data", {}).get("warnings", []):
+        err_console.print(f"[yellow]data warning:[/] {warning}", highlight=False)
     promoted = summary["promoted"]
     err_console.print(f"promoted to: {promoted}" if promoted else "not promoted", highlight=False)
     err_console.print(f"store: {summary['store']}   wall time: {summary['seconds']:.1f} s", highlight=False)
@@ -84,6 +86,8 @@ def validate(
             f"split {report['split']}",
             highlight=False,
         )
+        for warning in report.get("warnings", []):
+            err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 def schema(output: Annotated[Path | None, typer.Option("-o", "--output")] = None) -> None:
