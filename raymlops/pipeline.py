@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,13 +87,18 @@ def _champion_bundle(store: Any, name: str) -> tuple[int, ModelBundle] | None:
     return version.version, ModelBundle.load(f"{name}:{version.version}", store.uri)
 
 
-def schema_changes(old: TableSchema, new: TableSchema) -> list[str]:
-    """What differs between the champion's schema and this run's data, by column."""
+def schema_changes(old: TableSchema, new: TableSchema, columns: Collection[str] | None = None) -> list[str]:
+    """What differs between the champion's schema and this run's data, by column.
+
+    Args:
+        columns: the data's columns: a champion feature still in the data that this pipeline file
+            leaves out (``exclude``, ``features``) is the user's choice, not a change of the data.
+    """
     changes = []
     if old.target != new.target or old.task != new.task:
         changes.append(f"target/task: {old.target} ({old.task}) -> {new.target} ({new.task})")
-    gone = [c for c in old.features if c not in new.features]
-    added = [c for c in new.features if c not in old.features]
+    gone = [c for c in old.features if c not in new.features and (columns is None or c not in columns)]
+    added = [c for c in new.features if c not in old.features and c not in old.excluded]
     if gone:
         changes.append(f"feature(s) no longer present: {', '.join(gone)}")
     if added:
@@ -113,11 +119,14 @@ def schema_changes(old: TableSchema, new: TableSchema) -> list[str]:
 
 
 def _check_against_champion(
-    cfg: PipelineConfig, champion: tuple[int, ModelBundle] | None, schema: TableSchema
+    cfg: PipelineConfig,
+    champion: tuple[int, ModelBundle] | None,
+    schema: TableSchema,
+    columns: Collection[str],
 ) -> list[str]:
     if champion is None:
         return []
-    changes = schema_changes(champion[1].schema, schema)
+    changes = schema_changes(champion[1].schema, schema, columns)
     if changes and not cfg.validation.allow_schema_change:
         raise DataValidationError(
             cfg.data.source,
@@ -188,7 +197,7 @@ def _run_untracked(
     for warning in checked.check.warnings:
         log.warning("%s", warning)
     champion_bundle = _champion_bundle(store_obj, cfg.name)
-    schema_changed = _check_against_champion(cfg, champion_bundle, schema)
+    schema_changed = _check_against_champion(cfg, champion_bundle, schema, list(checked.profile.columns))
     stage("preprocess")
     prepared = prepare(cfg, checked)
     plan = prepared.plan
