@@ -179,13 +179,16 @@ def _serve_until_interrupted(
         auth = "bearer key required" if os.environ.get(API_KEY_ENV) else f"open ({API_KEY_ENV} unset)"
         where = " (bound on every interface)" if host in ("0.0.0.0", "::") else ""
         err_console.print(
-            f"serving {', '.join(models)} at {handle.url}{where}   auth: {auth}", highlight=False
+            f"serving {', '.join(models)} at {handle.url}{where}   auth: {auth}",
+            highlight=False,
+            soft_wrap=True,  # the URL stays whole, to copy and to grep
         )
         err_console.print(
             "  TF Serving: POST /v1/models/NAME:predict   OIP v2: POST /v2/models/NAME/infer   "
             f"replicas {options.min_replicas}-{options.max_replicas}, batch {options.max_batch_size}, "
             f"ingress {handle.ingress}   Ctrl-C stops",
             highlight=False,
+            soft_wrap=True,
         )
         while True:
             time.sleep(1)
