@@ -191,12 +191,14 @@ def _run_untracked(
     cluster = _connect_for(cfg, address)
     log.info("connected to Ray: %s CPUs, %s GPUs, %s node(s)", cluster.cpus, cluster.gpus, cluster.nodes)
 
-    stage("ingest, checks, split")
-    checked = check_source(cfg)
+    stage("ingest")
+    checked = check_source(cfg)  # one pass: the profile feeds the checks and the split plan
+    stage("checks")
     schema = checked.schema
     for warning in checked.check.warnings:
         log.warning("%s", warning)
     champion_bundle = _champion_bundle(store_obj, cfg.name)
+    stage("split")
     schema_changed = _check_against_champion(cfg, champion_bundle, schema, list(checked.profile.columns))
     stage("preprocess")
     prepared = prepare(cfg, checked)
