@@ -42,19 +42,6 @@ class FeaturePipeline:
     def __init__(self, steps: list[PreprocessStep]) -> None:
         self.steps = steps
 
-    def _columns_for(self, spec: Any, schema: TableSchema) -> list[str]:
-        cols = spec.columns
-        if cols == "numeric":
-            return schema.numeric
-        if cols == "categorical":
-            return schema.categorical
-        if cols == "all":
-            return list(schema.features)
-        unknown = [c for c in cols if c not in schema.features]
-        if unknown:
-            raise ConfigError(f"preprocess step names column(s) {unknown} that are not features")
-        return list(cols)
-
     def fit(self, train: pd.DataFrame, schema: TableSchema) -> FeaturePipeline:
         """Fit every step on the training rows with Ray Data, then record the output layout."""
         self.features_ = list(schema.features)
@@ -62,7 +49,7 @@ class FeaturePipeline:
         preprocessors: list[Preprocessor] = []
         encoded: set[str] = set()
         for step in self.steps:
-            columns = self._columns_for(step.spec, schema)
+            columns = step_columns(step.spec, schema)
             if not columns:
                 continue
             if step.kind == "standard_scaler":

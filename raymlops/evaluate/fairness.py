@@ -162,6 +162,21 @@ def fairness_report(
         else:
             entry["selection_rates"] = {labels[c]: _rate(pred == c, m) for c in range(k)}
         out["groups"].append(entry)
+    return _differences(out, labels, k, worst_dp, worst_eo, per_class, len(counted), column, min_group_size)
+
+
+def _differences(
+    out: dict[str, Any],
+    labels: list[Any],
+    k: int,
+    worst_dp: Any,
+    worst_eo: Any,
+    per_class: Any,
+    n_counted: int,
+    column: str,
+    min_group_size: int,
+) -> dict[str, Any]:
+    """The group differences part of the report, shared by the in-memory and the merged forms."""
     out["positive_class"] = labels[1] if k == 2 else "each class in turn (worst reported)"
     out["demographic_parity_difference"] = worst_dp[0] if worst_dp else None
     out["equalized_odds_difference"] = worst_eo[0] if worst_eo else None
@@ -171,7 +186,7 @@ def fairness_report(
             "demographic_parity_difference": worst_dp[1] if worst_dp else None,
             "equalized_odds_difference": worst_eo[1] if worst_eo else None,
         }
-    if len(counted) < 2:
+    if n_counted < 2:
         out["note"] = (
             f"fewer than two groups of {column!r} have {min_group_size}+ held-out rows: "
             "differences are undefined"
@@ -496,18 +511,4 @@ def _classification_report(
         else:
             entry["selection_rates"] = {labels[c]: _ratio(pred(s, c), s[0]) for c in range(k)}
         out["groups"].append(entry)
-    out["positive_class"] = labels[1] if k == 2 else "each class in turn (worst reported)"
-    out["demographic_parity_difference"] = worst_dp[0] if worst_dp else None
-    out["equalized_odds_difference"] = worst_eo[0] if worst_eo else None
-    if k > 2:
-        out["per_class"] = per_class
-        out["worst_class"] = {
-            "demographic_parity_difference": worst_dp[1] if worst_dp else None,
-            "equalized_odds_difference": worst_eo[1] if worst_eo else None,
-        }
-    if len(counted) < 2:
-        out["note"] = (
-            f"fewer than two groups of {column!r} have {min_group_size}+ held-out rows: "
-            "differences are undefined"
-        )
-    return out
+    return _differences(out, labels, k, worst_dp, worst_eo, per_class, len(counted), column, min_group_size)
