@@ -2,27 +2,48 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from raymlops.cluster import marked_processes
 from raymlops.score import SUCCESS_FILE, ScoreError, score
 
 from . import TrainedModel, make_rows, read_rejected, read_scored, trained_model, write_parquet_shards
 
 N_ROWS = 2400
 BAD_IDS = [5, 1300, 2399]  # null x1: quarantined
+CRASH_MARK = "RAYMLOPS_TEST_CRASH_MARK"
 
 
 @pytest.fixture(scope="module")
 def model(ray_session, tmp_path_factory) -> TrainedModel:
     return trained_model(tmp_path_factory.getbasetemp() / "score-model")
+
+
+def _crash(proc: subprocess.Popen[bytes], mark: str) -> None:
+    """SIGKILL the CLI and every process of its Ray instance at once, as a lost machine would.
+
+    Killing the CLI's process group alone leaves Ray's workers, in their own groups, a moment in
+    which they finish and commit units; counting the committed units before they are gone races.
+    """
+    os.killpg(proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while pids := marked_processes(CRASH_MARK, mark):
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        assert time.monotonic() < deadline, f"processes {pids} survived SIGKILL"
+        time.sleep(0.1)
+    proc.wait()
 
 
 def _input(folder: Path) -> Path:
@@ -107,7 +128,8 @@ def test_killed_run_resumes_without_losing_or_duplicating_rows(model, tmp_path: 
         "--workers",
         "2",
     ]
-    env = {**os.environ, "RAYMLOPS_SCORE_UNIT_DELAY_S": "2"}
+    mark = uuid.uuid4().hex  # every process of the run's own Ray instance inherits it
+    env = {**os.environ, "RAYMLOPS_SCORE_UNIT_DELAY_S": "2", CRASH_MARK: mark}
     env.pop("RAY_ADDRESS", None)  # its own embedded Ray, as a user's command would have
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
@@ -119,8 +141,7 @@ def test_killed_run_resumes_without_losing_or_duplicating_rows(model, tmp_path: 
             assert time.monotonic() < deadline, "the run never committed a unit"
             time.sleep(0.05)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the CLI, its embedded Ray and its actors: a hard crash
-        proc.wait()
+        _crash(proc, mark)
     committed = len(list(out.glob("part-*.parquet")))
     assert 2 <= committed < 6 and not (out / SUCCESS_FILE).exists()
 

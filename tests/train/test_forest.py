@@ -56,7 +56,11 @@ def test_asha_stops_weak_forest_trials_early(ray_session, digits, tmp_path):
     )
     built = {}
     for scheduler in ("fifo", "asha"):
-        tune_cfg = TuneConfig(num_samples=8, scheduler=scheduler, seed=3, reduction_factor=2)
+        # One trial at a time: which trial reaches a rung first then follows the seeded sample order,
+        # not the machine's load (three at once under CI load once let every weak trial in first).
+        tune_cfg = TuneConfig(
+            num_samples=8, scheduler=scheduler, seed=3, reduction_factor=2, max_concurrent_trials=1
+        )
         trained = tune_forest(
             model, tune_cfg, _data(digits), storage_path=str(tmp_path), experiment=scheduler
         )

@@ -241,7 +241,7 @@ def test_regression_on_one_worker_reports_rmse_and_fits_the_target(ray_session: 
 
 
 @pytest.mark.slow
-def test_xgboost_pipeline_reaches_095_held_out_and_its_version_scores(
+def test_xgboost_pipeline_passes_its_gate_and_its_version_scores(
     ray_session: Any, tmp_path: Path
 ) -> None:
     from raymlops.pipeline import run_pipeline
@@ -252,7 +252,8 @@ def test_xgboost_pipeline_reaches_095_held_out_and_its_version_scores(
     summary = run_pipeline(cfg, store=store)
     print(f"pipeline {summary['seconds']} s, held-out accuracy {summary['metrics']['accuracy']:.4f}")
 
-    # digits with its 3 constant pixels left out and the hash split: 0.936 measured (0.9694 before)
+    # digits with its 3 constant pixels left out and the hash split of seed 42: 0.936 measured here,
+    # plain single-process XGBoost with the same params on the same rows: 0.939
     assert summary["metrics"]["accuracy"] >= 0.92, summary["metrics"]
     assert summary["gate"]["passed"] and summary["promoted"] == "champion"
     model = summary["models"][0]
