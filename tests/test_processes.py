@@ -216,15 +216,7 @@ def _free_port() -> int:
 
 @pytest.mark.parametrize(
     "sig",
-    [
-        pytest.param(
-            signal.SIGTERM,
-            marks=pytest.mark.xfail(
-                reason="open: after the serve/console merge SIGTERM exits 1, not 143", strict=False
-            ),
-        ),
-        signal.SIGINT,
-    ],
+    [signal.SIGTERM, signal.SIGINT],
     ids=["SIGTERM", "SIGINT"],
 )
 def test_serve_stops_within_10s_and_leaves_nothing(finished_run, sig):

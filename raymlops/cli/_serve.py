@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from raymlops._console import command_session, err_console
+from raymlops._console import Terminated, command_session, err_console
 
 from ._common import AddressOpt, StoreOpt, VerboseOpt, fail, guard, quiet_tensorflow
 
@@ -139,8 +139,8 @@ def _stop(handle: Any, embedded: bool) -> None:
     logging.getLogger("raymlops").info("serve.shutdown: %.1f s", time.monotonic() - started)
 
 
-def _interrupt(*_: Any) -> None:
-    raise KeyboardInterrupt
+def _terminate(*_: Any) -> None:
+    raise Terminated
 
 
 def _serve_until_interrupted(
@@ -162,7 +162,6 @@ def _serve_until_interrupted(
     quiet_tensorflow()
     embedded = not (address or os.environ.get("RAY_ADDRESS"))
     handle = None
-    signal.signal(signal.SIGTERM, _interrupt)  # a container stop shuts Serve down like Ctrl-C
     try:
         handle = guard(
             start_server,
@@ -176,6 +175,9 @@ def _serve_until_interrupted(
             address=address,
             insecure=insecure,
         )
+        # Ray and Serve install their own SIGTERM handlers while they start (ray.init's exits 15):
+        # from here on a container stop shuts Serve down like Ctrl-C and the session exits 143.
+        signal.signal(signal.SIGTERM, _terminate)
         auth = "bearer key required" if os.environ.get(API_KEY_ENV) else f"open ({API_KEY_ENV} unset)"
         where = " (bound on every interface)" if host in ("0.0.0.0", "::") else ""
         err_console.print(
