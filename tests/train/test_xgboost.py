@@ -241,9 +241,7 @@ def test_regression_on_one_worker_reports_rmse_and_fits_the_target(ray_session: 
 
 
 @pytest.mark.slow
-def test_xgboost_pipeline_passes_its_gate_and_its_version_scores(
-    ray_session: Any, tmp_path: Path
-) -> None:
+def test_xgboost_pipeline_passes_its_gate_and_its_version_scores(ray_session: Any, tmp_path: Path) -> None:
     from raymlops.pipeline import run_pipeline
 
     store = str(tmp_path / "store")
