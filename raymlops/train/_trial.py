@@ -58,6 +58,10 @@ __all__ = [
 RESERVE_CPUS = 0.5  # left free for Ray Data (split coordinator, reads) so training never starves it
 TRIAL_DRIVER_CPUS = 0.1  # a Tune trial that only launches and watches its Train run
 MAX_CPUS_PER_WORKER = 8
+# A one-worker Keras trial reads its Datasets inside its own actor: Ray Data then runs a read task
+# and a map task at once. With one CPU free, a read blocked on its output holds it and the map
+# never starts (seen at 10M rows: the validation read stalled for good), so leave it two.
+IN_TRIAL_DATA_CPUS = 2.0
 MIN_SHARED_CPUS = 0.5  # the smallest share per worker that lets all wanted trials run at once
 STOP_TIMEOUT_S = 300.0  # how long a stopped trial waits for its Train run to end after its report
 STATE_FILE = "state.json"  # every kind's checkpoint holds its metrics there (read by recovery)
@@ -111,7 +115,8 @@ def plan_resources(
     """
     total = cluster_total("CPU") or float(os.cpu_count() or 1)
     gpu = _resolve_gpu(use_gpu, workers)
-    avail = max(total - RESERVE_CPUS, 0.2)
+    reserve = min(IN_TRIAL_DATA_CPUS, total / 2) if in_trial else RESERVE_CPUS
+    avail = max(total - reserve, 0.2)
     wanted = 1
     if tune_cfg is not None:
         wanted = min(tune_cfg.num_samples, tune_cfg.max_concurrent_trials or tune_cfg.num_samples)
@@ -128,7 +133,7 @@ def plan_resources(
         per_worker = max(0.1, math.floor(per_worker * 20) / 20)
     concurrency = 1
     if tune_cfg is not None:
-        concurrency = trial_concurrency(tune_cfg, driver + workers * per_worker, reserve_cpus=RESERVE_CPUS)
+        concurrency = trial_concurrency(tune_cfg, driver + workers * per_worker, reserve_cpus=reserve)
         if gpu:
             concurrency = max(1, min(concurrency, int(cluster_total("GPU") // workers)))
     return ResourcePlan(
