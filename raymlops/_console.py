@@ -33,6 +33,7 @@ from rich.console import Console
 __all__ = [
     "CommandSession",
     "Terminated",
+    "raise_terminated",
     "command_session",
     "err_console",
     "json_stdout",
@@ -188,7 +189,7 @@ class _Uncolored:
         self.stream.flush()
 
 
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+def raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
 
@@ -259,14 +260,14 @@ def command_session(
 
     def on_connect() -> None:
         if main_thread:
-            signal.signal(signal.SIGTERM, _raise_terminated)  # ray.init installs its own
+            signal.signal(signal.SIGTERM, raise_terminated)  # ray.init installs its own
         session._cleanups.append(_route_worker_logs(log, verbose))
 
     outcome, code = "done", 0
     where = f"logs: {path}" + ("" if verbose else "   (-v shows them here)")
     with contextlib.ExitStack() as stack:
         if main_thread:
-            signal.signal(signal.SIGTERM, _raise_terminated)
+            signal.signal(signal.SIGTERM, raise_terminated)
         cluster.connect_hooks.append(on_connect)
         if ray_was_up:
             session._cleanups.append(_route_worker_logs(log, verbose))

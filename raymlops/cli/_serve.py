@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from raymlops._console import Terminated, command_session, err_console
+from raymlops._console import command_session, err_console, raise_terminated
 
 from ._common import AddressOpt, StoreOpt, VerboseOpt, fail, guard, quiet_tensorflow
 
@@ -139,10 +139,6 @@ def _stop(handle: Any, embedded: bool) -> None:
     logging.getLogger("raymlops").info("serve.shutdown: %.1f s", time.monotonic() - started)
 
 
-def _terminate(*_: Any) -> None:
-    raise Terminated
-
-
 def _serve_until_interrupted(
     models: list[str],
     store: str,
@@ -177,7 +173,7 @@ def _serve_until_interrupted(
         )
         # Ray and Serve install their own SIGTERM handlers while they start (ray.init's exits 15):
         # from here on a container stop shuts Serve down like Ctrl-C and the session exits 143.
-        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGTERM, raise_terminated)
         auth = "bearer key required" if os.environ.get(API_KEY_ENV) else f"open ({API_KEY_ENV} unset)"
         where = " (bound on every interface)" if host in ("0.0.0.0", "::") else ""
         err_console.print(

@@ -36,7 +36,6 @@ class FlakyProxy:
         self.upstream = upstream
         self.break_when = break_when
         self.broken = False
-        self.refused = 0
         self.refused_paths: list[tuple[str, str]] = []
         proxy = self
 
@@ -48,7 +47,6 @@ class FlakyProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if proxy.broken or proxy.break_when(self.command, self.path):
                     proxy.broken = True
-                    proxy.refused += 1
                     proxy.refused_paths.append((self.command, self.path))
                     self.send_response(503)
                     self.send_header("Content-Length", "0")
