@@ -114,6 +114,9 @@ def _start_embedded(kwargs: dict[str, object]) -> None:
     _saved_marker = os.environ.get(MARKER_ENV)
     os.environ[MARKER_ENV] = marker  # inherited by GCS and raylet, and by the workers they start
     _owned = marker
+    # Ray turns token authentication on for a new local instance either way; saying so up front
+    # keeps its "Token authentication is enabled" warning off every command's console.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         ray.init(num_cpus=local_num_cpus(), include_dashboard=False, **kwargs)  # type: ignore[arg-type]
     except BaseException:

@@ -444,8 +444,11 @@ def _governance(
         bundle, frame, y, metric, top=_TOP_FEATURES, max_rows=_EXPLAIN_ROWS, pd_rows=_PD_ROWS
     )
     (folder / EXPLAIN_FILE).write_text(json.dumps(explanation, indent=1, default=str))
-    partial = reference_partial(prepared.rows("train"), schema).merge(
-        reference_partial(prepared.rows("validation"), schema)
+    split = prepared.checked.split
+    partial = reference_partial(
+        prepared.rows("train").union(prepared.rows("validation")),
+        schema,
+        rows=split.total("train") + split.total("validation"),
     )
     reference, ref_sample = build_reference_from_partials(
         partial,

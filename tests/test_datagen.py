@@ -86,3 +86,27 @@ def test_cli_rejects_nonsense_sizes(tmp_path: Path) -> None:
         app, ["datagen", "--rows", "10", "--features", "0", "--output", str(tmp_path / "d")]
     )
     assert result.exit_code == 2 and "features must be >= 1" in result.output
+
+
+def test_a_fresh_process_console_holds_no_ray_warnings(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "raymlops"),
+            "datagen",
+            "--rows",
+            "100",
+            "--output",
+            str(tmp_path / "d"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "WARNING" not in out.stderr and "wrote 100 rows" in out.stderr

@@ -33,6 +33,7 @@ __all__ = [
     "NumericSummary",
     "PredictionPartial",
     "ReferencePartial",
+    "admit_limit",
     "bin_counts",
     "build_reference",
     "build_reference_from_partials",
@@ -267,27 +268,60 @@ class HashSample:
     keys: np.ndarray
     columns: dict[str, np.ndarray]
     seen: int = 0
+    admit: int | None = None
 
     @classmethod
-    def from_batch(cls, keys: np.ndarray, columns: dict[str, np.ndarray], cap: int) -> HashSample:
+    def from_batch(
+        cls, keys: np.ndarray, columns: dict[str, np.ndarray], cap: int, admit: int | None = None
+    ) -> HashSample:
+        """The batch's ``cap`` lowest keys; with ``admit``, only those at or below it.
+
+        ``admit`` (see :func:`admit_limit`) keeps a batch's partial to its share of the sample
+        instead of up to ``cap`` rows: without it every row of a large pass reached the driver.
+        """
         keys = np.asarray(keys, dtype=np.uint64)
-        order = np.argsort(keys, kind="stable")[:cap]
-        return cls(cap, keys[order], {c: np.asarray(v)[order] for c, v in columns.items()}, len(keys))
+        seen = len(keys)
+        index = np.arange(seen)
+        if admit is not None:
+            index = np.flatnonzero(keys <= np.uint64(admit))
+        order = index[np.argsort(keys[index], kind="stable")[:cap]]
+        return cls(cap, keys[order], {c: np.asarray(v)[order] for c, v in columns.items()}, seen, admit)
 
     @property
     def complete(self) -> bool:
         return self.seen <= self.cap
+
+    @property
+    def exact(self) -> bool:
+        """Whether this is the ``cap`` lowest keys of every row seen (an admission limit that let
+        too few rows through, as many duplicate rows can, makes it a smaller sample)."""
+        return self.admit is None or len(self.keys) >= min(self.cap, self.seen)
 
     def merge(self, other: HashSample) -> HashSample:
         keys = np.concatenate([self.keys, other.keys])
         order = np.argsort(keys, kind="stable")[: self.cap]
         names = [c for c in self.columns if c in other.columns]
         cols = {c: np.concatenate([self.columns[c], other.columns[c]])[order] for c in names}
-        return HashSample(self.cap, keys[order], cols, self.seen + other.seen)
+        limits = [a for a in (self.admit, other.admit) if a is not None]
+        admit = min(limits) if limits else None
+        return HashSample(self.cap, keys[order], cols, self.seen + other.seen, admit)
 
     def frame(self, rows: int | None = None) -> pd.DataFrame:
         n = len(self.keys) if rows is None else min(rows, len(self.keys))
         return pd.DataFrame({c: v[:n] for c, v in self.columns.items()})
+
+
+def admit_limit(rows: int | None, cap: int) -> int | None:
+    """The highest key a batch passes on when ``rows`` rows in all feed a ``cap``-row sample.
+
+    Keys are uniform 64-bit hashes, so about ``rows * limit / 2**64`` rows pass; the limit lets
+    ``cap`` plus eight standard deviations through, and the merged sample is then the ``cap``
+    lowest keys of all rows, the same as without a limit. ``None`` (keep all) at or below ``cap``.
+    """
+    if rows is None or rows <= cap:
+        return None
+    share = (cap + 8.0 * np.sqrt(cap) + 64.0) / rows
+    return None if share >= 1.0 else min(int(share * float(2**64)), 2**64 - 1)
 
 
 @dataclass
@@ -484,7 +518,13 @@ class ReferencePartial:
 
     @classmethod
     def from_batch(
-        cls, frame: pd.DataFrame, schema: Any, keys: np.ndarray, *, cap: int = QUANTILE_ROWS
+        cls,
+        frame: pd.DataFrame,
+        schema: Any,
+        keys: np.ndarray,
+        *,
+        cap: int = QUANTILE_ROWS,
+        admit: int | None = None,
     ) -> ReferencePartial:
         """One batch of training rows (raw feature columns) and its rows' sample keys.
 
@@ -494,12 +534,12 @@ class ReferencePartial:
             keys: one uint64 per row, e.g. ``sample_keys(row_keys(frame), seed)`` from
                 :mod:`raymlops.evaluate.heldout`.
             cap: rows the sample keeps.
+            admit: the highest key the sample takes (:func:`admit_limit`); None: any.
         """
         numeric = {c: NumericSummary.from_values(numeric_values(frame[c])) for c in schema.numeric}
         categorical = {c: CategoricalSummary.from_series(frame[c]) for c in schema.categorical}
-        return cls(
-            len(frame), numeric, categorical, HashSample.from_batch(keys, _sample_columns(frame, schema), cap)
-        )
+        sample = HashSample.from_batch(keys, _sample_columns(frame, schema), cap, admit)
+        return cls(len(frame), numeric, categorical, sample)
 
     def merge(self, other: ReferencePartial) -> ReferencePartial:
         return ReferencePartial(
@@ -650,23 +690,18 @@ def reference_partial(
     seed: int = 0,
     cap: int = QUANTILE_ROWS,
     batch_size: int = 32_768,
+    rows: int | None = None,
 ) -> ReferencePartial:
     """One Ray Data pass over the training rows (raw columns): their merged :class:`ReferencePartial`.
 
-    Only the partials come back to the driver (counts, and a sample of at most ``cap`` rows).
+    Only the partials come back to the driver: counts, and the sample's rows. Given ``rows`` (the
+    rows of every pass whose partials will be merged), each batch sends only its share of the
+    sample (:func:`admit_limit`), about ``cap`` rows in all instead of up to ``cap`` per batch;
+    in the rare pass where that lets too few rows through, the pass runs again without the limit.
     """
-    import pickle
-
-    parts = ds.map_batches(
-        _reference_batch,
-        batch_format="pandas",
-        batch_size=batch_size,
-        fn_kwargs={"schema": schema, "seed": seed, "cap": cap},
-    )
-    merged: ReferencePartial | None = None
-    for row in parts.iter_rows():
-        part = pickle.loads(row["partial"])  # noqa: S301 - written by our own tasks
-        merged = part if merged is None else merged.merge(part)
+    merged = _reference_pass(ds, schema, seed, cap, batch_size, admit_limit(rows, cap))
+    if merged is not None and not merged.sample.exact:
+        merged = _reference_pass(ds, schema, seed, cap, batch_size, None)
     if merged is None:
         merged = ReferencePartial.from_batch(
             pd.DataFrame({c: pd.Series(dtype="float64") for c in schema.features}),
@@ -674,6 +709,24 @@ def reference_partial(
             np.zeros(0, dtype=np.uint64),
             cap=cap,
         )
+    return merged
+
+
+def _reference_pass(
+    ds: Any, schema: Any, seed: int, cap: int, batch_size: int, admit: int | None
+) -> ReferencePartial | None:
+    import pickle
+
+    parts = ds.map_batches(
+        _reference_batch,
+        batch_format="pandas",
+        batch_size=batch_size,
+        fn_kwargs={"schema": schema, "seed": seed, "cap": cap, "admit": admit},
+    )
+    merged: ReferencePartial | None = None
+    for row in parts.iter_rows():
+        part = pickle.loads(row["partial"])  # noqa: S301 - written by our own tasks
+        merged = part if merged is None else merged.merge(part)
     return merged
 
 
@@ -710,12 +763,14 @@ def _bin_counts_batch(batch: pd.DataFrame, *, edges: dict[str, list[float]]) -> 
     return {"counts": np.array([pickle.dumps(counts)], dtype=object)}
 
 
-def _reference_batch(batch: pd.DataFrame, *, schema: Any, seed: int, cap: int) -> dict[str, Any]:
+def _reference_batch(
+    batch: pd.DataFrame, *, schema: Any, seed: int, cap: int, admit: int | None = None
+) -> dict[str, Any]:
     import pickle
 
     from raymlops.evaluate.heldout import row_keys, sample_keys
 
     columns = [c for c in [*schema.features, schema.target] if c in batch.columns]
     keys = sample_keys(row_keys(batch, columns), seed)
-    part = ReferencePartial.from_batch(batch, schema, keys, cap=cap)
+    part = ReferencePartial.from_batch(batch, schema, keys, cap=cap, admit=admit)
     return {"partial": np.array([pickle.dumps(part)], dtype=object)}

@@ -614,6 +614,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
 
 
+def _limit_data_cpus(datasets: tuple[Any, ...], cpus: float | None) -> None:
+    """Cap the CPUs these Datasets' executions plan for (see ``ResourcePlan.data_cpus``)."""
+    if cpus is None:
+        return
+    from ray.data import ExecutionResources
+
+    for ds in datasets:
+        ds.context.execution_options.resource_limits = ExecutionResources.for_limits(cpu=float(cpus))
+
+
 class LocalRun:
     """A world-size-1 run in this process (a Tune trial's own actor): no worker group, no collective.
 
@@ -630,9 +640,10 @@ class LocalRun:
         self.state: dict[str, Any] = {}
         self.last_checkpoint: str | None = None
         self._restore_latest()
+        _limit_data_cpus((train, val), config.get("data_cpus"))
         self.loop.load_validation(val)
         # A new block order every epoch: each epoch's chunks differ (rows are shuffled in a chunk).
-        self.train = train.randomize_block_order()
+        self.train = train.randomize_block_order()  # shares train's context, so its limit too
         self.epoch = self.loop.start_epoch
         self._next_chunks: Any = self.loop.start_chunks(self.train) if not self.done else None
 

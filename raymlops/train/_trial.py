@@ -76,6 +76,10 @@ class ResourcePlan:
 
     ``trial_cpus`` is what the Tune trial itself reserves: the controller's small share when the
     trial launches a worker group, the worker's whole share when it trains in its own process.
+    ``data_cpus`` caps the Ray Data executions of a trial that trains in its own process: Ray
+    Data sizes itself from the whole cluster and does not know the trials hold most of it, so
+    its reads took the few CPUs left and the maps behind them never started (a 10M-row epoch
+    stalled for good). ``None``: Ray Train's worker groups tell Ray Data what they hold.
     """
 
     workers: int
@@ -85,6 +89,7 @@ class ResourcePlan:
     threads: int
     trial_cpus: float
     max_concurrent: int
+    data_cpus: float | None = None
 
 
 def cluster_total(resource: str) -> float:
@@ -144,7 +149,13 @@ def plan_resources(
         threads=max(1, int(per_worker)),
         trial_cpus=per_worker if in_trial else TRIAL_DRIVER_CPUS,
         max_concurrent=concurrency,
+        data_cpus=_data_cpus(total, workers * per_worker, concurrency) if in_trial else None,
     )
+
+
+def _data_cpus(total: float, trial_cpus: float, concurrency: int) -> float:
+    """The CPUs each running trial's Ray Data may use: what the trials leave, shared (>= 1)."""
+    return max(1.0, math.floor((total - trial_cpus * concurrency) / concurrency))
 
 
 def abs_storage(storage_path: str) -> str:

@@ -356,6 +356,7 @@ class _LocalKerasTrial(tune.Trainable):
         params = _params(self._model_cfg, config)
         spec = model_spec(params, self._data, builder=self._model_cfg.builder, base_dir=self._base_dir)
         loop_config = _loop_config(params, spec, int(self._plan["threads"]), None)
+        loop_config["data_cpus"] = self._plan.get("data_cpus")
         run_dir = f"{self._train_storage.rstrip('/')}/train_{self.trial_id}"
         self._run = LocalRun(loop_config, self._data.train, self._data.val, run_dir)
 

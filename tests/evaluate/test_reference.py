@@ -75,3 +75,53 @@ def test_reference_round_trips_through_the_version_folder(tmp_path: Path) -> Non
 def test_a_version_without_reference_says_how_to_get_one(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="rerun its pipeline"):
         load_reference(tmp_path)
+
+
+def _sent_rows(ds: object, cap: int, admit: int | None) -> int:
+    """Sample rows the pass's tasks send to the driver."""
+    import pickle
+
+    from raymlops.evaluate.reference import _reference_batch
+
+    parts = ds.map_batches(  # type: ignore[attr-defined]
+        _reference_batch,
+        batch_format="pandas",
+        batch_size=2000,
+        fn_kwargs={"schema": SCHEMA, "seed": 0, "cap": cap, "admit": admit},
+    )
+    return sum(len(pickle.loads(r["partial"]).sample.keys) for r in parts.iter_rows())
+
+
+def test_large_pass_sends_the_driver_its_sample_not_its_rows(ray_session: object) -> None:
+    import ray
+
+    from raymlops.evaluate.reference import admit_limit, reference_partial
+
+    frame = _frame(20_000).assign(y=0)
+    ds = ray.data.from_pandas(frame).repartition(10)
+    cap = 1000
+    unlimited = reference_partial(ds, SCHEMA, cap=cap, batch_size=2000)
+    limited = reference_partial(ds, SCHEMA, cap=cap, batch_size=2000, rows=len(frame))
+    # The same rows, the cap lowest keys of all 20k, as when every batch sent up to cap rows...
+    np.testing.assert_array_equal(limited.sample.keys, unlimited.sample.keys)
+    assert limited.rows == unlimited.rows == 20_000 and len(limited.sample.keys) == cap
+    # ... but the tasks sent about cap rows in all, not 10 batches x cap.
+    assert _sent_rows(ds, cap, None) == 10_000
+    assert cap <= _sent_rows(ds, cap, admit_limit(len(frame), cap)) < 1.5 * cap
+
+
+def test_duplicate_rows_that_starve_the_limit_still_give_the_exact_sample(ray_session: object) -> None:
+    import ray
+
+    from raymlops.evaluate.reference import admit_limit, reference_partial
+
+    # 19,000 copies of one row share one key: the limit lets through fewer rows than the cap,
+    # so the pass runs again without it and keeps the same sample as an unlimited pass.
+    frame = pd.concat([_frame(1000), _frame(1)[["amount", "pixels", "color"]].iloc[[0] * 19_000]])
+    frame = frame.assign(y=0).reset_index(drop=True)
+    ds = ray.data.from_pandas(frame).repartition(10)
+    assert _sent_rows(ds, 2000, admit_limit(len(frame), 2000)) < 2000  # the limit starves
+    unlimited = reference_partial(ds, SCHEMA, cap=2000, batch_size=2000)
+    limited = reference_partial(ds, SCHEMA, cap=2000, batch_size=2000, rows=len(frame))
+    assert limited.sample.exact and len(limited.sample.keys) == len(unlimited.sample.keys)
+    np.testing.assert_array_equal(limited.sample.keys, unlimited.sample.keys)

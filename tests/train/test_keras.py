@@ -197,6 +197,11 @@ def test_resource_plan_fits_trials_times_workers_into_the_cluster(monkeypatch: p
     plan = plan_keras_resources(1, "auto", TuneConfig(num_samples=4, max_concurrent_trials=2))
     assert plan.trial_cpus == plan.cpus_per_worker == 1.0 and plan.max_concurrent == 2
     assert plan.max_concurrent * plan.trial_cpus <= 4 - k.RESERVE_CPUS
+    # ... and caps each trial's Ray Data to what the trials leave (Ray Data sizes itself from the
+    # whole cluster: its reads took the last CPUs and the maps behind them never ran).
+    assert plan.data_cpus == 1.0
+    assert plan_keras_resources(1, "auto").data_cpus == 4 - plan_keras_resources(1, "auto").trial_cpus
+    assert plan_keras_resources(2, "auto").data_cpus is None  # Ray Train tells Ray Data itself
 
 
 # --- one worker: trained in this process, no Ray Train worker group ----------------------------
