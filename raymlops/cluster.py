@@ -107,6 +107,10 @@ def connect(address: str | None = None, *, quiet: bool = True) -> ClusterInfo:
     )
 
 
+def _drop_token_enabled_notice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Token authentication is enabled")
+
+
 def _start_embedded(kwargs: dict[str, object]) -> None:
     """``ray.init`` a local instance whose every process carries this process's marker."""
     global _owned, _saved_marker
@@ -114,9 +118,11 @@ def _start_embedded(kwargs: dict[str, object]) -> None:
     _saved_marker = os.environ.get(MARKER_ENV)
     os.environ[MARKER_ENV] = marker  # inherited by GCS and raylet, and by the workers they start
     _owned = marker
-    # Ray turns token authentication on for a new local instance either way; saying so up front
-    # keeps its "Token authentication is enabled" warning off every command's console.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # Ray turns token authentication on for a new local instance and warns that it did, on every
+    # command's console; the instance is this process's own, so that line tells a user nothing.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        _drop_token_enabled_notice
+    )
     try:
         ray.init(num_cpus=local_num_cpus(), include_dashboard=False, **kwargs)  # type: ignore[arg-type]
     except BaseException:

@@ -100,6 +100,10 @@ def test_a_fresh_process_console_holds_no_ray_warnings(tmp_path: Path) -> None:
             "datagen",
             "--rows",
             "100",
+            "--features",
+            "3",
+            "--shards",
+            "2",  # two shards: written by Ray tasks, so Ray starts
             "--output",
             str(tmp_path / "d"),
         ],
