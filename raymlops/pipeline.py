@@ -243,6 +243,7 @@ def _run_untracked(
         gate_metric=cfg.gate.metric or metric,
         group_column=cfg.fairness.sensitive if cfg.fairness is not None else None,
         seed=cfg.data.split.seed,
+        rows=prepared.checked.split.total("test"),
     )
     metrics: dict[str, Any] = dict(held_out.metrics[best_trained.name])
     metrics["interval"] = held_out.interval()

@@ -95,6 +95,7 @@ def evaluate_held_out(
     gate_metric: str,
     group_column: str | None,
     seed: int,
+    rows: int | None = None,
 ) -> HeldOut:
     """Score the test part with every model in one pass and reduce it to what the gate and report need.
 
@@ -116,6 +117,7 @@ def evaluate_held_out(
         interval_metric=gate_metric,
         detailed=[selected],
         sample_rows=SAMPLE_ROWS,
+        rows=rows,
     )
     for model_name, evaluation in result.models.items():
         if model_name != CHAMPION and (evaluation.error or evaluation.rejected):

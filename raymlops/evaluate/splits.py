@@ -30,7 +30,7 @@ import pandas as pd
 from raymlops.errors import DataError, InputError
 from raymlops.evaluate.fairness import FairnessPartial
 from raymlops.evaluate.heldout import INTERVAL_METRICS, MetricsPartial, row_keys, sample_keys
-from raymlops.evaluate.reference import QUANTILE_ROWS, HashSample, PredictionPartial
+from raymlops.evaluate.reference import QUANTILE_ROWS, HashSample, PredictionPartial, admit_limit
 
 __all__ = [
     "BundleRef",
@@ -183,6 +183,7 @@ class _PassConfig:
     drift_spec: dict[str, Any] | None
     drift_fraction: float
     min_group_size: int = 10
+    sample_admit: int | None = None
 
 
 @dataclass
@@ -281,7 +282,7 @@ def _batch_part(batch: pd.DataFrame, bundles: Mapping[str, Any], cfg: _PassConfi
     keys = row_keys(batch, present)
     models = {name: _score_model(name, b, batch, keys, cfg) for name, b in bundles.items()}
     columns = {c: batch[c].to_numpy() for c in cfg.sample_columns if c in batch.columns}
-    sample = HashSample.from_batch(sample_keys(keys, cfg.seed), columns, cfg.sample_rows)
+    sample = HashSample.from_batch(sample_keys(keys, cfg.seed), columns, cfg.sample_rows, cfg.sample_admit)
     drift = None
     if cfg.drift_spec is not None:
         from raymlops.monitor._drift import batch_stats
@@ -361,6 +362,7 @@ def evaluate_split(
     drift_fraction: float = 1.0,
     batch_size: int = _BATCH_ROWS,
     concurrency: int | None = None,
+    rows: int | None = None,
 ) -> EvaluationResult:
     """Score every model on the held-out split in one distributed pass and measure them.
 
@@ -384,6 +386,9 @@ def evaluate_split(
         drift_fraction: share of rows kept in the drift statistics' KS sample.
         batch_size: rows per batch (each batch becomes one partial).
         concurrency: scoring actors at most (default: half the cluster's CPUs, at least 1).
+        rows: the split's rows, when known: each batch then sends only its share of the sample
+            (``admit_limit``), not up to ``sample_rows``; the same sample, unless duplicate rows
+            starve the limit, when it is smaller (its size is returned).
 
     Returns:
         the merged results, one :class:`ModelEvaluation` per model.
@@ -412,6 +417,7 @@ def evaluate_split(
         drift_spec=drift_spec,
         drift_fraction=drift_fraction,
         min_group_size=min_group_size,
+        sample_admit=admit_limit(rows, sample_rows),
     )
     shipped = {n: _ship(n, b) for n, b in bundles.items()}
     if concurrency is None:

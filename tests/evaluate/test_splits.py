@@ -102,7 +102,8 @@ def test_every_model_is_measured_like_sklearn_on_the_same_rows(classifiers: dict
     frame, y_sample = result.explain_inputs("forest", classifiers["forest"])
     assert len(frame) == len(y_sample) == 2000
 
-    # The same split in other blocks and batches: the same report, interval and sample.
+    # The same split in other blocks and batches: the same report, interval and sample; told the
+    # split's size, each batch sends only its share of the sample, and it is still the same one.
     again = evaluate_split(
         ray.data.from_pandas(test.sample(frac=1.0, random_state=0)).repartition(2),
         classifiers,
@@ -111,6 +112,7 @@ def test_every_model_is_measured_like_sklearn_on_the_same_rows(classifiers: dict
         interval_metric="accuracy",
         seed=3,
         batch_size=1100,
+        rows=len(test),
     )
     for name in classifiers:
         a, b = result.models[name], again.models[name]
