@@ -4,8 +4,8 @@ Why a custom loop instead of ``model.fit`` under ``MultiWorkerMirroredStrategy``
 ``fit`` on two workers fails with ``Attempt to convert a value (PerReplica...)``
 (ray-project/ray#47464), and the known workaround (legacy tf-keras) ran at 0.21x the speed of plain
 ``fit`` here. So the model and its optimizer are ordinary Keras 3 objects created outside any strategy
-scope, and ``MultiWorkerMirroredStrategy`` (configured from the ``TF_CONFIG`` that Ray's
-``TensorflowTrainer`` sets on every worker) is used for one thing only: the collective all-reduce.
+scope, and ``MultiWorkerMirroredStrategy`` (configured from the ``TF_CONFIG`` that
+:mod:`raymlops.train._tf_backend` sets on every worker) is used for one thing only: the collective all-reduce.
 
 One chunk of training on every worker (:class:`KerasLoop`):
 

@@ -1,8 +1,10 @@
 """Keras 3 MLPs on Ray: tuned by Ray Tune, data-parallel on Ray Train for N workers, checkpointed.
 
-A ``kind: keras`` model with ``workers: N > 1`` trains with Ray Train's ``TensorflowTrainer`` on N
-workers. Each worker reads its own shard of the training data with ``ray.train.get_dataset_shard``
-and gradients are combined by a real collective all-reduce every step (see
+A ``kind: keras`` model with ``workers: N > 1`` trains with a Ray Train ``DataParallelTrainer`` on N
+workers (backend: :mod:`raymlops.train._tf_backend`, Ray's ``TensorflowTrainer`` minus its
+TensorFlow import in the trial and the controller). Each worker reads its own shard of the
+training data with ``ray.train.get_dataset_shard`` and gradients are combined by a real collective
+all-reduce every step (see
 :mod:`raymlops.train._keras_worker` for why this is a custom loop and not ``model.fit``: Keras 3's
 ``fit`` breaks under ``MultiWorkerMirroredStrategy``, ray-project/ray#47464).
 
@@ -12,7 +14,7 @@ trial 10-20 s of start-up here for nothing: the Tune trial trains in its own act
 with ``iter_batches``. Checkpoints, metrics and resume work the same way for both.
 
 Tune follows the Ray Train V2 pattern for N workers: each trial builds and runs its own
-``TensorflowTrainer`` and forwards every epoch's report (validation metric and checkpoint path) to
+``DataParallelTrainer`` and forwards every epoch's report (validation metric and checkpoint path) to
 Tune, so ASHA can stop weak trials early (:class:`raymlops.train._trial.TrainRunTrial`). Resources
 are planned so that the trials that run at once, times their workers, fit the cluster with room
 left for Ray Data: on a 2-core laptop the workers get fractional CPUs instead of waiting forever
@@ -166,9 +168,10 @@ def train_keras_distributed(
         The last reported metrics (rank 0) and the last epoch checkpoint's path.
     """
     import ray.train
-    from ray.train.tensorflow import TensorflowTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from raymlops.train._keras_worker import train_loop_per_worker
+    from raymlops.train._tf_backend import KerasCollectiveConfig
 
     if data.n_train < workers:
         raise TrainingError(f"{data.n_train} training rows cannot be split across {workers} workers")
@@ -185,9 +188,10 @@ def train_keras_distributed(
     spec = spec or model_spec(params, data)
     loop_config = _loop_config(params, spec, threads or max(1, int(cpus)), steps_per_execution)
     loop_config.update(trace_dir=trace_dir, stop_flag=stop_flag)
-    trainer = TensorflowTrainer(
+    trainer = DataParallelTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
+        backend_config=KerasCollectiveConfig(),
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=plan.use_gpu, resources_per_worker=resources
         ),
