@@ -24,6 +24,10 @@ __all__ = ["CompiledForest", "available", "compile_estimator"]
 
 #: Rows that walk one tree together; 8 measured best here (4: -3%, 16: -20%).
 _LANES = 8
+#: Rows that walk every tree before the next rows start: their 800 KB of float32 features (50
+#: columns) stay in a core's L2 across the trees instead of streaming from memory once per tree;
+#: 17% faster than tree-by-tree over a 65,536-row batch here (1,024-8,192 within 3% of it).
+_CHUNK_ROWS = 4096
 
 
 def available() -> bool:
@@ -47,31 +51,34 @@ def _kernel() -> Any:
             values: np.ndarray,
             depth: int,
             out: np.ndarray,
+            chunk: int,
         ) -> None:  # pragma: no cover - compiled
             n = X.shape[0]
             k = values.shape[1]
             thresholds = nodes.view(np.float32)
             lanes = 8
             cur = np.empty(lanes, np.int32)
-            full = n - n % lanes
-            for t in range(roots.shape[0]):
-                root = roots[t]
-                for s in range(0, full, lanes):
-                    for j in range(lanes):
-                        cur[j] = root
-                    for _ in range(depth):
+            for lo in range(0, n, chunk):
+                hi = min(n, lo + chunk)
+                full = hi - (hi - lo) % lanes
+                for t in range(roots.shape[0]):
+                    root = roots[t]
+                    for s in range(lo, full, lanes):
                         for j in range(lanes):
-                            nd = cur[j]
-                            cur[j] = nodes[nd, 2 + (X[s + j, nodes[nd, 0]] > thresholds[nd, 1])]
-                    for j in range(lanes):
+                            cur[j] = root
+                        for _ in range(depth):
+                            for j in range(lanes):
+                                nd = cur[j]
+                                cur[j] = nodes[nd, 2 + (X[s + j, nodes[nd, 0]] > thresholds[nd, 1])]
+                        for j in range(lanes):
+                            for c in range(k):
+                                out[s + j, c] += values[cur[j], c]
+                    for i in range(full, hi):
+                        nd = root
+                        for _ in range(depth):
+                            nd = nodes[nd, 2 + (X[i, nodes[nd, 0]] > thresholds[nd, 1])]
                         for c in range(k):
-                            out[s + j, c] += values[cur[j], c]
-                for i in range(full, n):
-                    nd = root
-                    for _ in range(depth):
-                        nd = nodes[nd, 2 + (X[i, nodes[nd, 0]] > thresholds[nd, 1])]
-                    for c in range(k):
-                        out[i, c] += values[nd, c]
+                            out[i, c] += values[nd, c]
 
         _KERNEL = walk
     return _KERNEL
@@ -111,7 +118,7 @@ class CompiledForest:
         X = np.ascontiguousarray(X, dtype=np.float32)
         out = np.zeros((len(X), self.values.shape[1]), dtype=np.float64)
         if len(X):
-            _kernel()(X, self.roots, self.nodes, self.values, self.depth, out)
+            _kernel()(X, self.roots, self.nodes, self.values, self.depth, out, _CHUNK_ROWS)
         out /= len(self.roots)
         return out if self.classification else out.reshape(-1)
 
