@@ -6,7 +6,8 @@ scaling as two numpy operations (read from its ``features.json``) and calls the 
 directly: onnxruntime on ``model.onnx`` for the forest, a compiled ``tf.function`` for the Keras MLP.
 It does no row checks, no auth, no metrics and no request log. raymlops serve answers the same
 ``POST /v1/models/NAME:predict`` with one row per request, with its full path (auth, checks, batching,
-metrics), on one replica and the ingress asked for (default ``auto``: HAProxy when installed).
+metrics), on ``--replicas`` replicas (default 2) and the ingress asked for (default ``auto``:
+HAProxy when installed).
 
 Both servers stay up and are measured in turns, cell by cell, so that load from other processes falls
 on both alike. Each of C client connections sends a request, waits for the answer and sends the next
@@ -295,6 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ingress", default="auto", help="auto, haproxy, direct or proxy")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument(
+        "--replicas",
+        type=int,
+        default=2,
+        help="raymlops replicas (default 2: one per core, where `raymlops serve`'s autoscaling "
+        "settles under load on this machine; fixed so that no cell waits for a scale-up)",
+    )
+    parser.add_argument(
         "--startup", action="store_true", help="Also time `raymlops serve` to its first answer"
     )
     parser.add_argument("--json", action="store_true", help="Print one JSON object on stdout")
@@ -341,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     options = ServeOptions.model_validate(
         {
-            "min_replicas": 1,
-            "max_replicas": 1,
+            "min_replicas": args.replicas,
+            "max_replicas": args.replicas,
             "num_cpus": 0.5,
             "max_ongoing_requests": 100,
             "max_batch_size": args.max_batch_size,
@@ -423,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     title = (
         f"serve load: one row per request, {args.seconds:g} s per cell, {os.cpu_count()} cores, "
-        f"load average {load[0]:.1f} / {load[1]:.1f}, raymlops ingress {handle.ingress}"
+        f"load average {load[0]:.1f} / {load[1]:.1f}, raymlops ingress {handle.ingress}, "
+        f"{args.replicas} replica(s)"
     )
     headers = [
         "model",

@@ -294,6 +294,9 @@ class ServeOptions(_Strict):
     request_log_sample_rate: float = Field(0.0, ge=0, le=1)
     # [serve] how HTTP reaches the replicas; see raymlops/serve/_ingress.py
     ingress: Literal["auto", "haproxy", "direct", "proxy"] = "auto"
+    # [serve] Serve's own per-request HTTP metrics (serve_num_http_requests...) from HAProxy's
+    # request log; raymlops's per-model metrics come from the replicas either way
+    ingress_metrics: bool = False
 
     @model_validator(mode="after")
     def _bounds(self) -> ServeOptions:

@@ -136,7 +136,7 @@ def serve_config(
             }
         ],
     }
-    env = controller_env(resolve_ingress(resolved.ingress), local=False)
+    env = controller_env(resolve_ingress(resolved.ingress), local=False, metrics=resolved.ingress_metrics)
     if env:
         config["controller_options"] = {"runtime_env": {"env_vars": env}}
     ServeDeploySchema.model_validate(config)  # fail here, not on the cluster
@@ -245,7 +245,7 @@ def start_server(
     if request_log_flush_s is not None:
         args["request_log_flush_s"] = request_log_flush_s
     app = build_app(args)
-    env = controller_env(ingress, local=True)
+    env = controller_env(ingress, local=True, metrics=(options or ServeOptions()).ingress_metrics)
     serve.start(
         http_options={"host": host, "port": port},
         controller_options={"runtime_env": {"env_vars": env}} if env else None,

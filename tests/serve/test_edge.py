@@ -196,3 +196,26 @@ def test_generated_configs_require_a_key_in_every_replica_unless_insecure(serve_
         assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
         deployment = config["applications"][0]["deployments"][0]
         assert deployment["ray_actor_options"]["runtime_env"]["env_vars"]["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+
+
+def test_serve_s_own_haproxy_request_metrics_are_off_unless_asked_for(serve_store, tmp_path):
+    import yaml
+
+    for flags, expected in (([], "0"), (["--ingress-metrics"], "1")):
+        out = tmp_path / f"metrics{len(flags)}.yaml"
+        result = CliRunner().invoke(
+            app, ["serve", "config", "digits", "--store", serve_store, "-o", str(out), *flags]
+        )
+        assert result.exit_code == 0, result.output
+        env = yaml.safe_load(out.read_text())["controller_options"]["runtime_env"]["env_vars"]
+        assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == expected
+        assert "RAY_SERVE_HAPROXY_NBTHREAD" not in env  # a cluster's nodes keep Serve's default
+
+
+def test_haproxy_threads_fit_the_machine():
+    from raymlops.serve._ingress import controller_env, haproxy_threads
+
+    assert [haproxy_threads(c) for c in (1, 2, 4, 8, 64)] == [1, 1, 2, 4, 4]
+    env = controller_env("haproxy", local=True)
+    assert env["RAY_SERVE_HAPROXY_NBTHREAD"] == str(haproxy_threads(os.cpu_count() or 1))
+    assert "RAY_SERVE_HAPROXY_NBTHREAD" not in controller_env("proxy", local=True)
