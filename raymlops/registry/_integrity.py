@@ -33,6 +33,7 @@ __all__ = [
     "FailedFetches",
     "compare",
     "integrity_message",
+    "is_earlier_registration",
     "local_files",
     "verify_local",
     "verify_local_or_remove",
@@ -103,6 +104,20 @@ def is_copy_of(root: Path, mv: ModelVersion) -> bool:
     """Whether a local folder was made by fetching ``mv`` (judged by its metadata.json only)."""
     meta = _read_local_json(root / METADATA_FILE)
     return isinstance(meta, dict) and meta.get("name") == mv.name and meta.get("version") == mv.version
+
+
+def is_earlier_registration(root: Path, mv: ModelVersion) -> bool:
+    """Whether a cached copy is of another registration under the same name and number.
+
+    A store deleted and created again at the same URI numbers its versions from 1 again, so the
+    cache may hold ``NAME/1`` of the old store. Its ``created_at`` differs from the store's: it is
+    stale, not tampered with, and downloading afresh is the fix. (Replacing a copy is always safe;
+    a copy of this very registration that does not match is still reported as tampering.)
+    """
+    meta = _read_local_json(root / METADATA_FILE)
+    if not isinstance(meta, dict) or "created_at" not in mv.metadata:
+        return False
+    return meta.get("created_at") != mv.metadata["created_at"]
 
 
 def verify_local_or_remove(mv: ModelVersion, root: Path) -> None:

@@ -765,8 +765,10 @@ class ModelStore:
                         f"cannot fetch {mv.ref} into {target}: the folder is not empty and is not a copy "
                         "of this version; choose an empty or new folder"
                     )
-                _integrity.verify_local_or_remove(mv, target)
-                return mv, target
+                if dest is not None or not _integrity.is_earlier_registration(target, mv):
+                    _integrity.verify_local_or_remove(mv, target)
+                    return mv, target
+                shutil.rmtree(target)  # a copy from a store since recreated at this URI: replaced
         failure_key = (self._identity(), mv.name, mv.version, mv.metadata_sha256 or "")
         _integrity.FAILED_FETCHES.check(failure_key)
         self._download(mv, target, failure_key)

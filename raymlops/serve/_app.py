@@ -726,6 +726,11 @@ class ModelServer:
     async def _score(
         self, slot: _Slot, scorer: VersionScorer, columns: Columns, protocol: str, request: Request
     ) -> ScoreOutcome:
+        # One turn of the event loop before scoring: requests that reached the replica together
+        # (their bytes read in the same turn) all get here first, so they are scored as one batch
+        # instead of one after another, and Serve's count of ongoing requests, which it samples on
+        # this loop and autoscales on, sees them; without the turn that count reads 0 under any load.
+        await asyncio.sleep(0)
         outcome = await scorer.score(columns, alone=self._inflight <= 1)
         if outcome.error is not None:
             raise ClientError(400, outcome.error)

@@ -87,6 +87,28 @@ def test_tampered_cache_is_detected_removed_and_refetched(
     assert again == local and (again / "prep" / "scaler.pkl").read_bytes() == b"scaler"
 
 
+def test_a_store_recreated_at_the_same_uri_is_fetched_afresh_not_refused(
+    registered: tuple[ModelStore, ModelVersion], cache: Path, tmp_path: Path
+) -> None:
+    """``rm -rf store`` and training again numbers from 1 again: the old cached digits:1 is stale."""
+    import shutil
+
+    store, _ = registered
+    _, old = store.fetch("digits:1")
+    shutil.rmtree(tmp_path / "store")
+    src = tmp_path / "src2"
+    src.mkdir()
+    (src / "model.keras").write_bytes(b"new weights")
+    again = ModelStore(str(tmp_path / "store"))
+    mv = again.register("digits", src, {"metrics": {"accuracy": 0.95}})
+
+    got, local = again.fetch("digits:1")
+    assert local == old and got.metadata == mv.metadata
+    assert (local / "model.keras").read_bytes() == b"new weights"
+    assert not (local / "prep").exists()  # nothing of the old copy is left behind
+    assert json.loads((local / "metadata.json").read_text())["metrics"]["accuracy"] == 0.95
+
+
 def test_file_planted_in_the_cache_is_detected(
     registered: tuple[ModelStore, ModelVersion], cache: Path
 ) -> None:

@@ -127,11 +127,6 @@ def test_canary_split_changes_in_place_and_reports_per_version_metrics(served):
         assert set(tail) == {"1"}
 
 
-@pytest.mark.xfail(
-    reason="open: with HAProxy ingress Serve did not add a replica in 3 min here (2 cores, load 30-60), "
-    "with RAY_SERVE_COLLECT_AUTOSCALING_METRICS_ON_HANDLE=0 too; see the serve helper's report",
-    strict=False,
-)
 def test_autoscaling_adds_a_replica_under_load_on_the_chosen_ingress_without_failing_a_request(served):
     """Replicas scale on ongoing requests with HAProxy in front too (its metrics come from replicas)."""
     from ray import serve
