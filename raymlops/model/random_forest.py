@@ -18,6 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal
 
@@ -156,14 +159,51 @@ def check_compiled(estimator: Any, task: str, check_X: np.ndarray) -> dict[str, 
 
 
 class ForestPredictor(SklearnPredictor):
-    """Verified ONNX for small batches; the verified compiled traversal (else scikit-learn) for large ones."""
+    """Verified ONNX for small batches; the verified compiled traversal (else scikit-learn) for large ones.
+
+    Loaded from a version with ONNX, the scikit-learn forest and its compiled traversal are read in
+    a background thread (skops and scikit-learn cost ~1.7 s to import and load here, ONNX 0.14 s):
+    a serving replica answers small requests as soon as ONNX is up, and the first call that needs
+    the forest (a large batch, a NaN) waits for it. A failed background load is raised there.
+    """
 
     def __init__(
-        self, estimator: Any, task: str, n_classes: int, onnx: Any = None, compiled: Any = None
+        self,
+        estimator: Any,
+        task: str,
+        n_classes: int,
+        onnx: Any = None,
+        compiled: Any = None,
+        *,
+        pending: Future[tuple[Any, Any]] | None = None,
     ) -> None:
-        super().__init__(estimator, task, n_classes)
+        self.task = task
+        self.n_classes = n_classes
         self.onnx = onnx
-        self.compiled = compiled
+        self._estimator = estimator
+        self._compiled = compiled
+        self._pending = pending
+
+    def _resolve(self) -> None:
+        pending = self._pending
+        if pending is not None:
+            self._estimator, self._compiled = pending.result()
+            self._pending = None
+
+    @property  # type: ignore[override]
+    def estimator(self) -> Any:
+        self._resolve()
+        return self._estimator
+
+    @estimator.setter
+    def estimator(self, value: Any) -> None:
+        self._pending = None
+        self._estimator = value
+
+    @property
+    def compiled(self) -> Any:
+        self._resolve()
+        return self._compiled
 
     def scores(self, X: np.ndarray) -> np.ndarray:
         if self.onnx is not None and len(X) <= ONNX_MAX_ROWS:
@@ -180,6 +220,27 @@ class ForestPredictor(SklearnPredictor):
         full = np.zeros((len(scores), self.n_classes))
         full[:, np.asarray(classes, dtype=np.int64)] = scores
         return full
+
+
+def _load_forest(folder: Path) -> tuple[Any, Any]:
+    """The scikit-learn forest and its compiled traversal (None where not verified or turned off)."""
+    estimator = load_estimator(folder)
+    return estimator, _load_compiled(estimator, folder)
+
+
+def _in_background(fn: Callable[[], tuple[Any, Any]]) -> Future[tuple[Any, Any]]:
+    """Run ``fn`` in a daemon thread (it must not keep a process from exiting)."""
+    future: Future[tuple[Any, Any]] = Future()
+
+    def run() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn())
+            except BaseException as err:  # noqa: BLE001 - handed to whoever needs the forest
+                future.set_exception(err)
+
+    threading.Thread(target=run, name="raymlops-forest-load", daemon=True).start()
+    return future
 
 
 def _load_compiled(estimator: Any, folder: Path) -> Any:
@@ -236,15 +297,17 @@ class RandomForestKind:
         self, folder: Path, metadata: dict[str, Any], *, schema: TableSchema, threads: int | None = None
     ) -> ForestPredictor:
         folder = Path(folder)
-        estimator = load_estimator(folder)
         onnx = None
         if (folder / ONNX_FILE).exists():
             try:
                 onnx = _onnx_session(str(folder / ONNX_FILE))
             except Exception:  # noqa: BLE001 - a broken optional fast path must never stop serving
                 onnx = None
-        compiled = _load_compiled(estimator, folder)
-        return ForestPredictor(estimator, schema.task, schema.n_classes, onnx, compiled)
+        if onnx is None:
+            estimator, compiled = _load_forest(folder)
+            return ForestPredictor(estimator, schema.task, schema.n_classes, None, compiled)
+        pending = _in_background(lambda: _load_forest(folder))
+        return ForestPredictor(None, schema.task, schema.n_classes, onnx, pending=pending)
 
 
 KIND = RandomForestKind()

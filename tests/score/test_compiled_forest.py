@@ -91,3 +91,56 @@ def test_a_version_whose_check_failed_scores_through_scikit_learn(tmp_path: Path
     report["compiled"] = {"ok": False, "reason": "compiled predictions differ"}
     (tmp_path / FAST_PATH_FILE).write_text(json.dumps(report))
     assert KIND.load(tmp_path, {"kind": "random_forest"}, schema=schema).compiled is None
+
+
+def _saved_forest(tmp_path: Path) -> tuple[RandomForestClassifier, TableSchema]:
+    X, y = _data(3000, seed=9)
+    forest = RandomForestClassifier(n_estimators=15, max_depth=8, random_state=0).fit(X, y)
+    schema = _schema("classification", 3)
+    KIND.save(forest, tmp_path, schema=schema, check_X=X[:1000])
+    return forest, schema
+
+
+def test_a_loaded_forest_answers_small_batches_before_the_forest_itself_is_read(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A replica is ready once ONNX is up; the skops forest (large batches) follows in the background."""
+    import threading
+
+    from raymlops.model import random_forest
+
+    forest, schema = _saved_forest(tmp_path)
+    release = threading.Event()
+    real = random_forest._load_forest
+
+    def slow(folder: Path):
+        assert release.wait(30)
+        return real(folder)
+
+    monkeypatch.setattr(random_forest, "_load_forest", slow)
+    predictor = KIND.load(tmp_path, {"kind": "random_forest"}, schema=schema)
+    small, _ = _data(10, seed=10)
+    assert np.abs(predictor.scores(small) - forest.predict_proba(small)).max() <= 1e-5
+    release.set()
+    large, _ = _data(5000, seed=11)
+    assert np.abs(predictor.scores(large) - forest.predict_proba(large)).max() <= 1e-5
+    assert predictor.compiled is not None
+
+
+def test_a_forest_that_fails_to_load_in_the_background_says_so_on_the_first_large_batch(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from raymlops.model import random_forest
+
+    _, schema = _saved_forest(tmp_path)
+
+    def broken(folder: Path):
+        raise OSError(f"cannot read {folder / 'model.skops'}")
+
+    monkeypatch.setattr(random_forest, "_load_forest", broken)
+    predictor = KIND.load(tmp_path, {"kind": "random_forest"}, schema=schema)
+    small, _ = _data(3, seed=12)
+    assert predictor.scores(small).shape == (3, 3)
+    large, _ = _data(5000, seed=13)
+    with pytest.raises(OSError, match="model.skops"):
+        predictor.scores(large)
