@@ -177,10 +177,8 @@ class ForestPredictor(SklearnPredictor):
         *,
         pending: Future[tuple[Any, Any]] | None = None,
     ) -> None:
-        self.task = task
-        self.n_classes = n_classes
+        super().__init__(estimator, task, n_classes)  # through the ``estimator`` setter
         self.onnx = onnx
-        self._estimator = estimator
         self._compiled = compiled
         self._pending = pending
 
@@ -190,7 +188,7 @@ class ForestPredictor(SklearnPredictor):
             self._estimator, self._compiled = pending.result()
             self._pending = None
 
-    @property  # type: ignore[override]
+    @property
     def estimator(self) -> Any:
         self._resolve()
         return self._estimator
