@@ -315,8 +315,6 @@ def main(argv: list[str] | None = None) -> int:
         run_bare(json.loads(args.bare_folders), args.bare_port)
         return 0
 
-    from ray import serve
-
     from raymlops.cluster import connect
     from raymlops.config import ServeOptions
     from raymlops.model import ModelBundle
@@ -360,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows: list[dict[str, Any]] = []
     auth = {"Authorization": f"Bearer {API_KEY}"}
+    handle = None
     try:
         handle = start_server(
             list(refs.values()), store=store, port=serve_port, options=options, api_key=API_KEY
@@ -374,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                     cell = measure(port, path, c, args.seconds, bodies[label], headers=headers)
                     rows.append({"model": label, "server": server, **cell})
     finally:
-        serve.shutdown()
+        if handle is not None:
+            handle.stop(timeout_s=30)
         bare.terminate()
         bare.wait(timeout=30)
     startup_s = time_to_first_answer(store, refs[which[0]]) if args.startup else None

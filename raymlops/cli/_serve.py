@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -134,26 +133,15 @@ _GRACEFUL_STOP_S = 4.0
 def _stop(handle: Any, embedded: bool) -> None:
     """[console] Serve's graceful shutdown (replicas flush the request log), bounded for an embedded
     Ray: the command's session then stops the instance and ends what is left of it, so that
-    SIGTERM or Ctrl-C stops `raymlops serve` within 10 s."""
-    import asyncio
+    SIGTERM or Ctrl-C stops `raymlops serve` within 10 s. On a cluster only the application goes."""
     import logging
     import time
 
-    from ray import serve
-
-    if not embedded:
-        handle.stop(shutdown=False)
-        return
-
-    # Bounded in this thread, not in a helper thread: a thread still inside Serve's shutdown when
-    # the session stops Ray touches the stopped core worker, and Ray then exits the process with 1.
-    async def bounded() -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(serve.shutdown_async(), _GRACEFUL_STOP_S)
-
     started = time.monotonic()
-    asyncio.run(bounded())
-    logging.getLogger("raymlops").info("serve.shutdown: %.1f s", time.monotonic() - started)
+    finished = handle.stop(shutdown=embedded, timeout_s=_GRACEFUL_STOP_S)
+    logging.getLogger("raymlops").info(
+        "serve stop: %.1f s%s", time.monotonic() - started, "" if finished else " (bound reached)"
+    )
 
 
 def _serve_until_interrupted(

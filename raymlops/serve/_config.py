@@ -172,14 +172,39 @@ class ServeHandle:
         self.ingress = ingress
         self.exposed_on = exposed_on
 
-    def stop(self, shutdown: bool = True) -> None:
-        """Delete the application (and shut Serve down when ``shutdown``)."""
+    def stop(self, shutdown: bool = True, timeout_s: float | None = None) -> bool:
+        """Delete the application, or shut Serve down when ``shutdown`` (replicas drain and flush).
+
+        Args:
+            shutdown: stop Serve itself (its controller, proxies and every application), as for
+                an embedded instance; otherwise only this application goes, as on a cluster.
+            timeout_s: give up waiting for Serve's graceful shutdown after this long; the caller
+                then stops Ray, which ends what is left. The wait runs in this thread, as a
+                cancelled coroutine: a helper thread still inside Serve when Ray stops makes Ray
+                exit the whole process.
+
+        Returns:
+            True when Serve finished within ``timeout_s`` (always True without one).
+        """
+        import asyncio
+
         from ray import serve
 
-        if shutdown:
-            serve.shutdown()
-        else:
+        if not shutdown:
             serve.delete(self.app_name)
+            return True
+        if timeout_s is None:
+            serve.shutdown()
+            return True
+
+        async def bounded() -> bool:
+            try:
+                await asyncio.wait_for(serve.shutdown_async(), timeout_s)
+            except asyncio.TimeoutError:
+                return False
+            return True
+
+        return asyncio.run(bounded())
 
 
 def start_server(

@@ -32,6 +32,7 @@ from typing import Literal
 from raymlops.errors import ConfigError
 
 __all__ = [
+    "HAPROXY_DRAIN_S",
     "INGRESS_CHOICES",
     "Ingress",
     "controller_env",
@@ -96,9 +97,23 @@ def resolve_ingress(mode: str) -> str:
     return mode
 
 
+#: How long a stopping replica behind Serve's own HAProxy stays reachable before it refuses new
+#: connections. Ray's default (30 s) is sized for an external load balancer (an ALB) routing
+#: straight to replicas; Serve's HAProxy drops a stopping replica from its backends with a reload
+#: ~0.1 s after the controller marks it (``RAY_SERVE_HAPROXY_BROADCAST_COALESCE_S``) and retries a
+#: refused connection on another replica. At 30 s every promotion, scale-down and shutdown kept
+#: the old replica (and its CPUs) for 30-35 s: `serve.shutdown` took 30 s here. A value the user
+#: exports wins.
+HAPROXY_DRAIN_S = 2.0
+_DRAIN_VAR = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+
+
 def ingress_env(mode: str) -> dict[str, str]:
     """The environment variables that select a resolved ingress in Serve's processes."""
-    return dict(_ENV[mode])
+    env = dict(_ENV[mode])
+    if mode == "haproxy":
+        env[_DRAIN_VAR] = os.environ.get(_DRAIN_VAR, str(HAPROXY_DRAIN_S))
+    return env
 
 
 #: Ports HAProxy mode binds on every node besides the application's: Serve's fallback proxy (HTTP,

@@ -219,3 +219,15 @@ def test_haproxy_threads_fit_the_machine():
     env = controller_env("haproxy", local=True)
     assert env["RAY_SERVE_HAPROXY_NBTHREAD"] == str(haproxy_threads(os.cpu_count() or 1))
     assert "RAY_SERVE_HAPROXY_NBTHREAD" not in controller_env("proxy", local=True)
+
+
+def test_a_stopping_replica_behind_haproxy_drains_for_seconds_not_30(monkeypatch):
+    """Promotions, scale-downs and shutdowns wait out the drain; HAProxy deregisters within a reload."""
+    from raymlops.serve._ingress import HAPROXY_DRAIN_S, controller_env
+
+    var = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+    monkeypatch.delenv(var, raising=False)
+    assert controller_env("haproxy", local=True)[var] == str(HAPROXY_DRAIN_S) == "2.0"
+    assert var not in controller_env("direct", local=True)  # a user's balancer in front: Ray's 30 s
+    monkeypatch.setenv(var, "12")
+    assert controller_env("haproxy", local=False)[var] == "12"  # what the user exports wins
