@@ -19,6 +19,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import pytest
 import yaml
@@ -37,27 +38,33 @@ WORKER_NOISE = ("INFO:tensorflow", "PlacementGroupCleaner", "(RayTrainWorker", "
 
 @dataclass
 class Command:
-    """A CLI process started by a test, its stderr collected as it comes."""
+    """A CLI process started by a test, its stdout and stderr collected as they come."""
 
     proc: subprocess.Popen[str]
     mark: str
     err_lines: list[str] = field(default_factory=list)
-    out: str = ""
+    out_lines: list[str] = field(default_factory=list)
+    readers: list[threading.Thread] = field(default_factory=list)
 
     @property
     def stderr(self) -> str:
         return "".join(self.err_lines)
 
-    def wait_for(self, text: str, timeout: float) -> None:
+    @property
+    def out(self) -> str:
+        return "".join(self.out_lines)
+
+    def wait_for(self, text: str, timeout: float, *, stdout_too: bool = False) -> None:
         deadline = time.monotonic() + timeout
-        while text not in self.stderr:
+        while text not in self.stderr and not (stdout_too and text in self.out):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"{text!r} never showed (rc={self.proc.poll()}):\n{self.stderr}")
             time.sleep(0.2)
 
     def finish(self, timeout: float) -> int:
         rc = self.proc.wait(timeout=timeout)
-        self.out = self.proc.stdout.read() if self.proc.stdout else ""
+        for reader in self.readers:  # the pipes are at their end once the process has exited
+            reader.join(timeout=10)
         return rc
 
     def leftovers(self) -> list[str]:
@@ -101,12 +108,15 @@ def start(args: list[str], tmp_path: Path) -> Command:
     )
     cmd = Command(proc, mark)
 
-    def pump() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            cmd.err_lines.append(line)
+    def pump(stream: IO[str] | None, into: list[str]) -> None:
+        assert stream is not None
+        for line in stream:
+            into.append(line)
 
-    threading.Thread(target=pump, daemon=True).start()
+    for stream, into in ((proc.stderr, cmd.err_lines), (proc.stdout, cmd.out_lines)):
+        reader = threading.Thread(target=pump, args=(stream, into), daemon=True)
+        reader.start()
+        cmd.readers.append(reader)
     return cmd
 
 
@@ -140,7 +150,6 @@ def finished_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     cmd = start(["run", str(pipeline_file(tmp, "small", epochs=3)), "--store", str(tmp / "store")], tmp)
     rc = cmd.finish(timeout=900)
-    time.sleep(0.5)  # the stderr reader catches up
     return cmd, rc, tmp
 
 
@@ -161,31 +170,19 @@ def test_run_shows_the_stages_keeps_worker_logs_in_the_file_and_leaves_nothing(f
     assert cmd.out == ""  # stdout stays empty without --json
 
 
-def test_verbose_run_streams_the_logs(tmp_path):
-    cmd = start(
-        ["run", str(pipeline_file(tmp_path, "v", epochs=1)), "--store", str(tmp_path / "s"), "-v"], tmp_path
-    )
-    rc = cmd.finish(timeout=900)
-    time.sleep(0.5)
-    err = cmd.stderr
-    assert rc == 0, err
-    shown = cmd.out + err  # Ray prints workers' stdout lines and Tune its tables on stdout
-    assert "(RayTrainWorker" in shown and "Trial status" in shown  # as before this session
-    assert "✓ search mlp" in err
-    assert "(RayTrainWorker" in log_file(err).read_text()  # and the workers' lines are still kept
-    assert cmd.leftovers() == []
-
-
-def test_interrupted_run_exits_130_and_leaves_nothing(tmp_path):
-    cmd = start(
-        ["run", str(pipeline_file(tmp_path, "long", epochs=400)), "--store", str(tmp_path / "s")], tmp_path
-    )
+def test_interrupted_verbose_run_streams_the_logs_exits_130_and_leaves_nothing(tmp_path):
+    """-v streams Ray's and Tune's output (as before raymlops had a console) and still keeps the
+    log file; Ctrl-C mid-training ends every process of the run and registers nothing."""
+    pipeline = pipeline_file(tmp_path, "long", epochs=400)
+    cmd = start(["run", str(pipeline), "--store", str(tmp_path / "s"), "-v"], tmp_path)
     cmd.wait_for("trial 1/1 running: epoch", timeout=600)  # Ray Train workers mid-training
+    cmd.wait_for("Trial status", timeout=120, stdout_too=True)  # Tune's table, as before raymlops
     cmd.proc.send_signal(signal.SIGINT)
     rc = cmd.finish(timeout=60)
-    time.sleep(0.5)
     assert rc == 130, cmd.stderr
+    assert "(RayTrainWorker" in cmd.out + cmd.stderr  # the workers' lines stream to the terminal
     assert "interrupted (Ctrl-C)" in cmd.stderr and "--resume" in cmd.stderr
+    assert "(RayTrainWorker" in log_file(cmd.stderr).read_text()  # the workers' lines are kept too
     assert cmd.leftovers() == []
     assert not (tmp_path / "s" / "models" / "digits").exists()  # nothing registered
 
@@ -202,7 +199,6 @@ def test_score_leaves_nothing(finished_run):
         ["score", "digits", "--store", str(tmp / "store"), "-i", str(rows), "-o", str(tmp / "scored")], tmp
     )
     assert cmd.finish(timeout=600) == 0, cmd.stderr
-    time.sleep(0.5)
     assert "scored 200 of 200 rows" in cmd.stderr
     assert log_file(cmd.stderr).exists()
     assert cmd.leftovers() == []
