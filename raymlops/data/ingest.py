@@ -26,6 +26,7 @@ __all__ = [
     "read_frame",
     "read_source",
     "resolve_filesystem",
+    "source_columns",
 ]
 
 
@@ -169,6 +170,32 @@ def read_source(source: str, *, override_num_blocks: int | None = None) -> ray.d
     if fmt == "csv":
         return ray.data.read_csv(files, **kwargs)
     return ray.data.read_parquet(files, **kwargs)
+
+
+def source_columns(source: str) -> list[str]:
+    """The source's column names from its first file's header or footer, read without Ray.
+
+    Lets a command refuse input that cannot work (missing columns, a model it may not load) before it
+    pays for starting Ray.
+    """
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if source.startswith("builtin://"):
+        return [str(c) for c in load_builtin(source.removeprefix("builtin://")).columns]
+    fs, path = resolve_filesystem(source)
+    fmt, files = detect_format(fs, path, source)
+    try:
+        if fmt == "parquet":
+            with fs.open_input_file(files[0]) as fh:
+                return list(pq.ParquetFile(fh).schema_arrow.names)
+        with fs.open_input_stream(files[0]) as stream:
+            reader = pacsv.open_csv(
+                stream, parse_options=pacsv.ParseOptions(invalid_row_handler=lambda row: "skip")
+            )
+            return list(reader.schema.names)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"cannot read {files[0]}: {err}") from None
 
 
 def read_frame(source: str) -> pd.DataFrame:

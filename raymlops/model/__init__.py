@@ -9,7 +9,14 @@ behind one small interface (:class:`ModelKind`). Nothing here imports training c
 
 from raymlops.errors import InputError
 
-from ._bundle import LEGACY_PICKLE_ENV, SCHEMA_FILE, ModelBundle, ScoredRows, prediction_schema
+from ._bundle import (
+    LEGACY_PICKLE_ENV,
+    SCHEMA_FILE,
+    ModelBundle,
+    ScoredRows,
+    check_pickle_free,
+    prediction_schema,
+)
 from ._check import RowCheck, UnknownCategory, as_columns, check_rows, input_matrix
 from ._features import FEATURES_FILE, FeaturePlan, PlanStep
 from ._kinds import ModelKind, Predictor, SavedFiles, available_kinds, get_kind
@@ -45,6 +52,7 @@ __all__ = [
     "UnknownCategory",
     "as_columns",
     "available_kinds",
+    "check_pickle_free",
     "check_rows",
     "get_kind",
     "input_matrix",

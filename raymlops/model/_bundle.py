@@ -104,6 +104,33 @@ def _legacy_allowed(flag: bool | None) -> bool:
     return os.environ.get(LEGACY_PICKLE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
+def check_pickle_free(
+    folder: str | Path, *, allow_legacy_pickle: bool | None = None, name: str | None = None
+) -> bool:
+    """Refuse a version in the old pickled format unless the user allowed it; True when it is one.
+
+    Reads no model bytes, so a command can refuse before it starts Ray or any worker.
+
+    Args:
+        folder: the version's verified files.
+        allow_legacy_pickle: the user's flag (default ``$RAYMLOPS_ALLOW_LEGACY_PICKLE``).
+        name: how the message names the version (``NAME:VERSION``; default the folder).
+
+    Raises:
+        TrustError: the version holds pickled model files and they were not allowed.
+    """
+    folder = Path(folder)
+    if (folder / FEATURES_FILE).exists() or not (folder / "preprocessor.pkl").exists():
+        return False
+    if not _legacy_allowed(allow_legacy_pickle):
+        raise TrustError(
+            f"{name or folder} was written by an older raymlops with pickled model files, which can run "
+            "code when loaded; retrain it, or load it from a store you trust with "
+            f"--allow-legacy-pickle (or {LEGACY_PICKLE_ENV}=1)"
+        )
+    return True
+
+
 class ModelBundle:
     """A model with everything needed to score raw rows: schema, feature plan, predictor, metadata.
 
@@ -182,15 +209,9 @@ class ModelBundle:
         if metadata is None and (folder / "metadata.json").exists():
             metadata = json.loads((folder / "metadata.json").read_text())
         metadata = metadata or {}
-        if not (folder / FEATURES_FILE).exists() and (folder / "preprocessor.pkl").exists():
+        if check_pickle_free(folder, allow_legacy_pickle=allow_legacy_pickle):
             from ._legacy import load_legacy
 
-            if not _legacy_allowed(allow_legacy_pickle):
-                raise TrustError(
-                    f"{folder} was written by an older raymlops with pickled model files, which can run "
-                    "code when loaded; retrain it, or load it once from a store you trust with "
-                    f"--allow-legacy-pickle (or {LEGACY_PICKLE_ENV}=1)"
-                )
             log.warning("loading %s through pickle (legacy version, --allow-legacy-pickle)", folder)
             return load_legacy(cls, folder, metadata)
         schema = TableSchema.from_dict(json.loads((folder / SCHEMA_FILE).read_text()))

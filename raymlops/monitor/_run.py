@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import pickle
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,10 @@ from raymlops.evaluate.reference import load_reference
 from raymlops.monitor._drift import Thresholds, batch_stats, finalize, merge_stats, spec_from_reference
 from raymlops.monitor._feedback import KEY, LABEL, JoinPlan, evaluate_joined, join_batch, plan_join
 from raymlops.monitor._scoring import PREDICTION_COLUMN, cached_bundle, labels_from_scores_of, score_batch
+
+if TYPE_CHECKING:
+    from raymlops.model import ModelBundle
+    from raymlops.registry import ModelStore, ModelVersion
 
 __all__ = ["DRIFT_EXIT_CODE", "monitor", "thresholds_for"]
 
@@ -141,6 +146,65 @@ def _default_report_path(name: str, version: int) -> Path:
     return Path("raymlops-monitor") / f"{name}-v{version}-{stamp}.html"
 
 
+@dataclass
+class _Prepared:
+    """What the driver knows before any row is read: the version, its reference and how to monitor."""
+
+    version: ModelVersion
+    metadata: dict[str, Any]
+    reference: dict[str, Any]
+    reference_sample: Any
+    mode: str | None
+    join: JoinPlan | None
+    bundle: ModelBundle | None
+
+
+def _prepare(
+    store: ModelStore,
+    ref: str,
+    input_uri: str,
+    *,
+    labels: str | None,
+    key: str | None,
+    label_column: str | None,
+) -> _Prepared:
+    """Fetch and check the version, read the input's columns and the labels: all without Ray.
+
+    A wrong flag, a version that fails its signature or may not be loaded (pickled without
+    --allow-legacy-pickle) or input without the model's columns is refused in a second, not after
+    Ray has started and counted the rows.
+    """
+    from raymlops.data.ingest import source_columns
+    from raymlops.model import ModelBundle, check_pickle_free
+
+    if labels and not key:
+        raise ConfigError(
+            "--labels needs --key COLUMN: the column that links a label to its logged prediction"
+        )
+    version, folder = store.fetch(ref)
+    reference, reference_sample = load_reference(folder)
+    columns = source_columns(input_uri)
+    features = list(reference["features"])
+    if not set(features) & set(columns):
+        raise DataError(
+            f"{input_uri} has none of the model's feature columns ({', '.join(features[:10])}"
+            f"{'...' if len(features) > 10 else ''}); its columns are: {', '.join(columns[:20])}"
+        )
+    if PREDICTION_COLUMN in columns:
+        mode: str | None = "logged"
+    elif all(f in columns for f in features):
+        mode = "scored"
+    else:
+        mode = None
+    if mode == "scored":
+        check_pickle_free(folder, name=version.ref)  # the workers will load the model
+    join = bundle = None
+    if labels and key:
+        bundle = ModelBundle.from_dir(folder, version.metadata)
+        join = plan_join(labels, key, label_column, bundle, columns)
+    return _Prepared(version, version.metadata, reference, reference_sample, mode, join, bundle)
+
+
 def monitor(
     ref: str,
     input_uri: str,
@@ -184,47 +248,21 @@ def monitor(
 
     from raymlops.cluster import connect
     from raymlops.data.ingest import read_source
-    from raymlops.model import ModelBundle
     from raymlops.registry import ModelStore
 
     started = time.time()
-    if labels and not key:
-        raise ConfigError(
-            "--labels needs --key COLUMN: the column that links a label to its logged prediction"
-        )
+    store_obj = ModelStore(store)
+    prep = _prepare(store_obj, ref, input_uri, labels=labels, key=key, label_column=label_column)
+    version, metadata, reference, plan = prep.version, prep.metadata, prep.reference, prep.join
+    model_ref = version.ref
+    thresholds = thresholds_for(metadata, psi_drift=psi_drift, psi_warning=psi_warning, pvalue=pvalue)
+    # Everything that can refuse the job has been checked: only now is Ray worth starting.
     if not ray.is_initialized():
         connect(address)
-    store_obj = ModelStore(store)
-    version, folder = store_obj.fetch(ref)
-    metadata = version.metadata
-    reference, reference_sample = load_reference(folder)
-    model_ref = f"{version.name}:{version.version}"
-    thresholds = thresholds_for(metadata, psi_drift=psi_drift, psi_warning=psi_warning, pvalue=pvalue)
-
     ds = read_source(input_uri)
     columns = list(ds.schema().names)
-    features = list(reference["features"])
-    if not set(features) & set(columns):
-        raise DataError(
-            f"{input_uri} has none of the model's feature columns ({', '.join(features[:10])}"
-            f"{'...' if len(features) > 10 else ''}); its columns are: {', '.join(columns[:20])}"
-        )
     rows = ds.count()
-    if PREDICTION_COLUMN in columns:
-        mode: str | None = "logged"
-    elif all(f in columns for f in features):
-        mode = "scored"
-    else:
-        mode = None
-    if mode == "scored":
-        # Load (and verify) the model here first: a refused version (pickled without
-        # --allow-legacy-pickle, a bad signature) is then the user's error, not a failed Ray task.
-        cached_bundle(store_obj.uri, model_ref)
     fraction = min(1.0, 1.2 * sample_size / max(rows, 1))
-    plan: JoinPlan | None = None
-    if labels and key:
-        bundle = ModelBundle.from_dir(folder, metadata)
-        plan = plan_join(labels, key, label_column, bundle, columns)
     udf: Any = _stats_batch  # Ray's stub types batch UDFs too narrowly for keyword arguments
     parts = ds.map_batches(
         udf,
@@ -234,7 +272,7 @@ def monitor(
             "spec": spec_from_reference(reference),
             "fraction": fraction,
             "seed": seed,
-            "mode": mode,
+            "mode": prep.mode,
             "store_uri": store_obj.uri,
             "model_ref": model_ref,
             "version": version.version,
@@ -251,7 +289,7 @@ def monitor(
     if merged is None:
         merged = batch_stats(pd.DataFrame(columns=columns), spec_from_reference(reference))
     _trim(merged, sample_size, seed)
-    result = finalize(merged, reference, reference_sample, thresholds)
+    result = finalize(merged, reference, prep.reference_sample, thresholds)
     result = {
         "model": version.name,
         "version": version.version,
@@ -261,7 +299,7 @@ def monitor(
     if plan is not None and labels:
         frame = pd.concat(joined, ignore_index=True) if joined else pd.DataFrame(columns=[KEY, LABEL])
         result["performance"] = evaluate_joined(
-            frame, plan, bundle=bundle, metadata=metadata, labels_uri=labels
+            frame, plan, bundle=prep.bundle, metadata=metadata, labels_uri=labels
         )
     result["recommendation"] = _recommendation(version.name, version.version, metadata, result)
     result["ok"] = not (
@@ -275,7 +313,7 @@ def monitor(
 
         path = Path(report) if report else _default_report_path(version.name, version.version)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_monitor_report(path, result, reference, reference_sample, merged.get("sample"))
+        write_monitor_report(path, result, reference, prep.reference_sample, merged.get("sample"))
         result["report"] = str(path.resolve())
     log.info("monitor %s on %s: %d rows, drift=%s", model_ref, input_uri, rows, result["drift"])
     return result

@@ -123,22 +123,12 @@ def _load_schema(
     The driver never loads the estimator: Keras in the driver would hold GPU memory the actors need.
     A version in the old pickled format is refused here, before any actor starts, unless allowed.
     """
-    from raymlops.model import FEATURES_FILE, LEGACY_PICKLE_ENV, output_columns
+    from raymlops.model import check_pickle_free, output_columns
     from raymlops.registry import ModelStore
 
     st = ModelStore(store)
     version, folder = st.fetch(ref)
-    allowed = allow_legacy_pickle or os.environ.get(LEGACY_PICKLE_ENV, "").strip().lower() in (
-        "1",
-        "true",
-        "yes",
-    )
-    if not (folder / FEATURES_FILE).exists() and (folder / "preprocessor.pkl").exists() and not allowed:
-        raise ScoreError(
-            f"{version.name}:{version.version} was written by an older raymlops with pickled model files, "
-            "which can run code when loaded; retrain it, or score it from a store you trust with "
-            f"--allow-legacy-pickle (or {LEGACY_PICKLE_ENV}=1)"
-        )
+    check_pickle_free(folder, allow_legacy_pickle=allow_legacy_pickle or None, name=version.ref)
     schema = TableSchema.from_dict(json.loads((folder / "schema.json").read_text()))
     kind = str(version.metadata.get("kind", "random_forest"))
     outputs = output_columns(schema)

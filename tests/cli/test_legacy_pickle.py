@@ -43,7 +43,9 @@ def _legacy_copy(store: str, ref: str, folder: Path) -> str:
     return st.register(mv.name, folder, metadata).ref
 
 
-def _monitor(store: str, ref: str, rows: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+def _monitor(
+    store: str, ref: str, rows: Path, *flags: str, timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
     # Its own process and embedded Ray: the flag must reach the Ray workers that score the rows.
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAYMLOPS_NUM_CPUS": "2"}
     env.pop("RAY_ADDRESS", None)
@@ -53,7 +55,7 @@ def _monitor(store: str, ref: str, rows: Path, *flags: str) -> subprocess.Comple
         [sys.executable, "-m", "raymlops.cli", *args],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         env=env,
         cwd=rows.parent,
     )
@@ -81,7 +83,8 @@ def test_monitor_reads_a_legacy_version_only_with_the_flag(ray_session: Any, tmp
     rows = tmp_path / "rows.csv"
     load_builtin("digits").drop(columns=["target"]).iloc[:300].to_csv(rows, index=False)
 
-    refused = _monitor(store, ref, rows)
+    # Refused before Ray starts: connecting to this address would hang until the timeout.
+    refused = _monitor(store, ref, rows, "--address", "127.0.0.1:9", timeout=90)
     assert refused.returncode == 2, refused.stderr[-3000:]
     message = " ".join(refused.stderr.split())
     assert "pickled model files" in message and "--allow-legacy-pickle" in message

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from raymlops.data._errors import DataError
-from raymlops.data.ingest import read_frame
+from raymlops.data.ingest import read_frame, source_columns
 
 
 @pytest.fixture
@@ -52,3 +52,25 @@ def test_files_under_underscore_folders_are_not_read(ray_session, tmp_path, tabl
     table.to_parquet(folder / "part-0.parquet")
     table.head(3).to_parquet(folder / "_rejected" / "part-0.parquet")
     assert len(read_frame(str(folder))) == 30
+
+
+def test_columns_are_read_from_the_first_file_without_ray(tmp_path, table):
+    # Called before Ray starts (monitor refuses input without the model's columns in a second).
+    import ray
+
+    ray_was_up = ray.is_initialized()
+    csv = tmp_path / "data.csv"
+    table.to_csv(csv, index=False)
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    table.to_parquet(folder / "part-0.parquet")
+    table.to_parquet(folder / "part-1.parquet")
+    assert source_columns(str(csv)) == ["a", "b", "target"]
+    assert source_columns(f"file://{folder}") == ["a", "b", "target"]
+    assert "target" in source_columns("builtin://digits")
+    assert ray.is_initialized() == ray_was_up
+    with pytest.raises(DataError, match="not found: .*nope.parquet"):
+        source_columns(str(tmp_path / "nope.parquet"))
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match="cannot read .*empty.csv"):
+        source_columns(str(tmp_path / "empty.csv"))
