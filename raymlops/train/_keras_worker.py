@@ -60,7 +60,6 @@ CKPT_WEIGHTS = "model.weights.h5"
 CKPT_OPTIMIZER = "optimizer.npz"
 CKPT_STATE = "state.json"
 STEPS_PER_EXECUTION = 32  # optimizer steps per compiled call (Keras fit's steps_per_execution)
-KEEP_CHECKPOINTS = 2
 
 
 def build_model(spec: dict[str, Any]) -> Any:
@@ -614,16 +613,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
 
 
-def _limit_data_cpus(datasets: tuple[Any, ...], cpus: float | None) -> None:
-    """Cap the CPUs these Datasets' executions plan for (see ``ResourcePlan.data_cpus``)."""
-    if cpus is None:
-        return
-    from ray.data import ExecutionResources
-
-    for ds in datasets:
-        ds.context.execution_options.resource_limits = ExecutionResources.for_limits(cpu=float(cpus))
-
-
 class LocalRun:
     """A world-size-1 run in this process (a Tune trial's own actor): no worker group, no collective.
 
@@ -634,13 +623,15 @@ class LocalRun:
     """
 
     def __init__(self, config: dict[str, Any], train: Any, val: Any, run_dir: str) -> None:
+        from raymlops.train._trial import limit_data_cpus
+
         _configure_threads(int(config.get("threads", 1)))
         self.loop = KerasLoop(config, 0, 1)
         self.run_dir = run_dir.rstrip("/")
         self.state: dict[str, Any] = {}
         self.last_checkpoint: str | None = None
         self._restore_latest()
-        _limit_data_cpus((train, val), config.get("data_cpus"))
+        limit_data_cpus((train, val), config.get("data_cpus"))
         self.loop.load_validation(val)
         # A new block order every epoch: each epoch's chunks differ (rows are shuffled in a chunk).
         self.train = train.randomize_block_order()  # shares train's context, so its limit too
@@ -692,26 +683,7 @@ class LocalRun:
             self._next_chunks = None
 
     def _checkpoint(self, metrics: dict[str, Any]) -> str:
-        import pyarrow.fs as pafs
+        from raymlops.train._trial import write_run_checkpoint
 
-        from raymlops.train._trial import storage_fs
-
-        fs, root = storage_fs(self.run_dir)
-        dest = f"{root}/checkpoint_{self.epoch:06d}"
-        with tempfile.TemporaryDirectory() as tmp:
-            self.loop.save(
-                Path(tmp), {k: v for k, v in metrics.items() if k != "checkpoint_path"}, self.epoch
-            )
-            fs.create_dir(dest, recursive=True)
-            pafs.copy_files(tmp, dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-        # The newest KEEP_CHECKPOINTS of this run's folders stay (older runs' on a resumed run too).
-        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-        folders = sorted(
-            i.path
-            for i in infos
-            if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
-        )
-        for old in folders[:-KEEP_CHECKPOINTS]:
-            fs.delete_dir(old)
-        prefix = self.run_dir.split("://", 1)[0] + "://" if "://" in self.run_dir else ""
-        return prefix + dest
+        kept = {k: v for k, v in metrics.items() if k != "checkpoint_path"}
+        return write_run_checkpoint(self.run_dir, self.epoch, lambda d: self.loop.save(d, kept, self.epoch))

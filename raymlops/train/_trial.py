@@ -25,6 +25,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -50,9 +51,11 @@ __all__ = [
     "final_reports",
     "forward_reports_callback",
     "latest_checkpoint",
+    "limit_data_cpus",
     "plan_resources",
     "release_placement_groups",
     "storage_fs",
+    "write_run_checkpoint",
 ]
 
 RESERVE_CPUS = 0.5  # left free for Ray Data (split coordinator, reads) so training never starves it
@@ -65,6 +68,7 @@ IN_TRIAL_DATA_CPUS = 2.0
 MIN_SHARED_CPUS = 0.5  # the smallest share per worker that lets all wanted trials run at once
 STOP_TIMEOUT_S = 300.0  # how long a stopped trial waits for its Train run to end after its report
 STATE_FILE = "state.json"  # every kind's checkpoint holds its metrics there (read by recovery)
+KEEP_CHECKPOINTS = 2  # per run, as Ray Train's CheckpointConfig(num_to_keep=2) keeps for Train runs
 POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 POLL_INTERVAL_S = 0.2  # seconds between two polls of the Train controller (Ray's default: 2)
 DONE = "__raymlops_train_run_done__"
@@ -354,6 +358,43 @@ def latest_checkpoint(run_dir: str) -> tuple[str, dict[str, Any]] | None:
         prefix = run_dir.split("://", 1)[0] + "://" if "://" in run_dir else ""
         return prefix + info.path, state
     return None
+
+
+def write_run_checkpoint(run_dir: str, index: int, write: Callable[[Path], None]) -> str:
+    """Save one checkpoint of an in-trial run as ``<run_dir>/checkpoint_<index>``; its path or URI.
+
+    The folder has the layout of a Ray Train run's checkpoints, so :func:`latest_checkpoint`,
+    :func:`final_reports` and the loaders read both alike. ``write`` fills a local folder, which is
+    then copied to the run's storage (local or a URI); the newest :data:`KEEP_CHECKPOINTS` stay.
+    """
+    import tempfile
+
+    import pyarrow.fs as pafs
+
+    fs, root = storage_fs(run_dir)
+    dest = f"{root}/checkpoint_{index:06d}"
+    with tempfile.TemporaryDirectory() as tmp:
+        write(Path(tmp))
+        fs.create_dir(dest, recursive=True)
+        pafs.copy_files(tmp, dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    folders = sorted(
+        i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
+    )
+    for old in folders[:-KEEP_CHECKPOINTS]:
+        fs.delete_dir(old)
+    prefix = run_dir.split("://", 1)[0] + "://" if "://" in run_dir else ""
+    return prefix + dest
+
+
+def limit_data_cpus(datasets: tuple[Any, ...], cpus: float | None) -> None:
+    """Cap the CPUs these Datasets' executions plan for (see ``ResourcePlan.data_cpus``)."""
+    if cpus is None:
+        return
+    from ray.data import ExecutionResources
+
+    for ds in datasets:
+        ds.context.execution_options.resource_limits = ExecutionResources.for_limits(cpu=float(cpus))
 
 
 def _exists(path: str) -> bool:

@@ -6,9 +6,12 @@ weak trials early whatever the model kind.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -122,22 +125,44 @@ def run_search(
     path = f"{storage_path.rstrip('/')}/{experiment}"
     if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=wrapped, resume_errored=True)
+    else:
+        _clear_experiment(storage_path, experiment)
+        tuner = tune.Tuner(
+            wrapped,
+            param_space=to_param_space(model_cfg.search),
+            tune_config=tune.TuneConfig(
+                metric=metric,
+                mode=mode,
+                num_samples=tune_cfg.num_samples,
+                scheduler=make_scheduler(tune_cfg, max_t),
+                reuse_actors=tune_cfg.reuse_actors,
+                search_alg=BasicVariantGenerator(random_state=tune_cfg.seed, max_concurrent=max_concurrent),
+            ),
+            run_config=tune.RunConfig(
+                name=experiment, storage_path=storage_path, verbose=1, callbacks=callbacks
+            ),
+        )
+    with _signal_handlers_kept():
         return tuner.fit()
-    _clear_experiment(storage_path, experiment)
-    tuner = tune.Tuner(
-        wrapped,
-        param_space=to_param_space(model_cfg.search),
-        tune_config=tune.TuneConfig(
-            metric=metric,
-            mode=mode,
-            num_samples=tune_cfg.num_samples,
-            scheduler=make_scheduler(tune_cfg, max_t),
-            reuse_actors=tune_cfg.reuse_actors,
-            search_alg=BasicVariantGenerator(random_state=tune_cfg.seed, max_concurrent=max_concurrent),
-        ),
-        run_config=tune.RunConfig(name=experiment, storage_path=storage_path, verbose=1, callbacks=callbacks),
-    )
-    return tuner.fit()
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """Put back the SIGINT/SIGUSR1 handlers Tune installs for its run and never restores.
+
+    Without this, a program that runs a search and goes on (the pipeline's gate, a notebook, a
+    library user) has its next Ctrl-C swallowed by Tune's "stop the experiment" handler.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def iter_results(results: tune.ResultGrid) -> list[tune.Result]:

@@ -8,6 +8,7 @@ the FIFO and ASHA searches run once per module and several tests read them.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,88 @@ def test_asha_stops_the_weak_trial_and_boosts_fewer_rounds_than_fifo(
     live = [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
     assert not [pg for pg in live if any(b.get("CPU", 0) >= 1 for b in pg["bundles"].values())], live
     print(f"fifo search {fifo_s:.1f} s, asha search {asha_s:.1f} s")
+
+
+@pytest.mark.slow
+def test_one_worker_trials_boost_in_their_own_actor_as_plain_xgboost_would(
+    ray_session: Any, digits_data: TrainingData, digits: tuple[np.ndarray, ...], tmp_path: Path
+) -> None:
+    import ray
+
+    from raymlops.train.xgboost import train
+
+    X_tr, X_val, y_tr, y_val = digits
+    model_cfg = ModelConfig(
+        name="xgb1",
+        kind="xgboost",
+        workers=1,
+        params={"num_boost_round": ROUNDS, "max_depth": 4},
+        search={"learning_rate": {"choice": [STRONG, WEAK]}},
+    )
+    tune_cfg = TuneConfig(
+        num_samples=2, scheduler="asha", seed=1, reduction_factor=2, max_concurrent_trials=1
+    )
+    groups_before = len(ray.util.placement_group_table())
+    ctrl_c = signal.getsignal(signal.SIGINT)
+    trained = train(model_cfg, tune_cfg, digits_data, storage_path=str(tmp_path), experiment="local")
+
+    # Tune's own Ctrl-C handler is gone once the search ends: the program's next Ctrl-C is its own.
+    assert signal.getsignal(signal.SIGINT) is ctrl_c
+
+    # One placement group per Tune trial and none for a Ray Train worker group.
+    assert len(ray.util.placement_group_table()) - groups_before <= len(trained.trials) == 2
+    by_lr = {t["params"]["learning_rate"]: t for t in trained.trials}
+    assert by_lr[STRONG]["iterations"] == ROUNDS // 2  # a report every 2 rounds, as on 2 workers
+    assert by_lr[WEAK]["iterations"] < ROUNDS // 2 and trained.extra["trials_stopped_early"] == 1
+    assert trained.best_params["learning_rate"] == STRONG
+    # Boosted a few rounds per Tune step, resumed on one booster: the same trees as one xgb.train.
+    booster = trained.estimator
+    assert booster.num_boosted_rounds() == ROUNDS
+    params = booster_params(XGBoostParams(max_depth=4, learning_rate=STRONG), "classification", 10, gpu=False)
+    plain = xgb.train(params, xgb.QuantileDMatrix(X_tr, label=y_tr), num_boost_round=ROUNDS)
+    np.testing.assert_allclose(
+        booster.predict(xgb.DMatrix(X_val)), plain.predict(xgb.DMatrix(X_val)), atol=1e-5
+    )
+    schema = _schema("classification", 64, list(range(10)))
+    reported = compute_metrics("classification", y_val, KIND.wrap(booster, schema).scores(X_val), 10)
+    assert reported["accuracy"] == pytest.approx(trained.val_metric, abs=1e-12)
+
+
+def test_a_restarted_one_worker_trial_resumes_from_its_last_checkpoint(
+    ray_session: Any, digits_data: TrainingData, digits: tuple[np.ndarray, ...], tmp_path: Path
+) -> None:
+    from ray import tune
+
+    from raymlops.train._trial import plan_resources
+    from raymlops.train.xgboost import _LocalXGBoostTrial, load_booster_checkpoint
+
+    X_tr, X_val, y_tr, _ = digits
+    model_cfg = ModelConfig(name="xgb1", kind="xgboost", params={"num_boost_round": 10, "max_depth": 3})
+    plan = plan_resources(1, False, in_trial=True)
+    trial = tune.with_parameters(
+        _LocalXGBoostTrial,
+        data=digits_data,
+        model_cfg=model_cfg,
+        plan=vars(plan),
+        every=2,
+        train_storage=str(tmp_path),
+    )
+    first = trial(config={})
+    reports = [first.train() for _ in range(3)]
+    first.stop()  # the actor is gone (an interruption): only the run's checkpoints are left
+    assert [r["rounds"] for r in reports] == [2, 4, 6] and not reports[-1]["done"]
+
+    again = trial(config={})
+    rest = [again.train() for _ in range(2)]
+    again.stop()
+    assert [r["rounds"] for r in rest] == [8, 10] and rest[-1]["done"]
+    assert rest[-1]["checkpoint_path"].startswith(str(tmp_path / "train_default" / "checkpoint_"))
+    booster = load_booster_checkpoint(rest[-1]["checkpoint_path"])
+    params = booster_params(XGBoostParams(max_depth=3), "classification", 10, gpu=False)
+    plain = xgb.train(params, xgb.QuantileDMatrix(X_tr, label=y_tr), num_boost_round=10)
+    np.testing.assert_allclose(
+        booster.predict(xgb.DMatrix(X_val)), plain.predict(xgb.DMatrix(X_val)), atol=1e-5
+    )
 
 
 @pytest.mark.slow
