@@ -29,6 +29,7 @@ TensorFlow is imported lazily: importing this module costs no TensorFlow start-u
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -367,7 +368,9 @@ class _LocalKerasTrial(tune.Trainable):
     def step(self) -> dict[str, Any]:
         metrics = self._run.next_epoch()
         self._last = metrics
-        return {**metrics, "done": self._run.done}
+        # Tune keeps a trainable's own timestamp: to the millisecond, not its whole-second default,
+        # so that result.json tells when each epoch ended (time to a target accuracy, per trial).
+        return {**metrics, "done": self._run.done, "timestamp": time.time()}
 
     def save_checkpoint(self, checkpoint_dir: str) -> dict[str, Any]:
         """Only the last report: the model lives in the run's own checkpoints (resumed by setup)."""

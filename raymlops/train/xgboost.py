@@ -475,7 +475,7 @@ class _LocalXGBoostTrial(tune.Trainable):
         metrics.update(compute_metrics(self._data.task, self._y_val, scores, self._data.n_classes))
         metrics["checkpoint_path"] = write_run_checkpoint(self._run_dir, end, self._writer(metrics))
         self._last = metrics
-        return {**metrics, "done": end >= self._total}
+        return {**metrics, "done": end >= self._total, "timestamp": time.time()}  # sub-second, as Keras
 
     def _writer(self, metrics: dict[str, Any]) -> Callable[[Path], None]:
         def write(folder: Path) -> None:

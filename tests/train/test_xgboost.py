@@ -253,6 +253,14 @@ def test_one_worker_trials_boost_in_their_own_actor_as_plain_xgboost_would(
     assert by_lr[STRONG]["iterations"] == ROUNDS // 2  # a report every 2 rounds, as on 2 workers
     assert by_lr[WEAK]["iterations"] < ROUNDS // 2 and trained.extra["trials_stopped_early"] == 1
     assert trained.best_params["learning_rate"] == STRONG
+    # Each report in result.json carries when it was made to the millisecond, not Tune's whole seconds.
+    stamps = [
+        json.loads(line)["timestamp"]
+        for path in (tmp_path / "local").glob("*/result.json")
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
+    assert len(stamps) >= 2 and any(stamp != int(stamp) for stamp in stamps)
     # Boosted a few rounds per Tune step, resumed on one booster: the same trees as one xgb.train.
     booster = trained.estimator
     assert booster.num_boosted_rounds() == ROUNDS
