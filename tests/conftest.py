@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import os
+import signal
 
 os.environ.setdefault("RAYMLOPS_NUM_CPUS", "4")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 import pytest  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C reaches the suite and the commands it starts, even from a background job.
+
+    A shell without job control starts ``cmd &`` with SIGINT ignored, and the ignore is inherited
+    through every fork and exec: the tests that press Ctrl-C (in this process or on a command they
+    started) would then see nothing happen. Python's own default makes them mean what they test.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
