@@ -7,6 +7,7 @@ command has exited, any process still carrying it is a leftover.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -78,6 +79,27 @@ class Command:
             time.sleep(0.2)
         return [_cmdline(pid) for pid in pids]
 
+    def kill(self) -> None:
+        """SIGKILL the command and every process carrying its mark (a test that failed mid-way)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        for pid in marked_processes(TEST_MARK, self.mark):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+_STARTED: list[Command] = []
+
+
+@pytest.fixture(autouse=True)
+def _nothing_outlives_its_test():
+    """A test that fails while its command runs (a timeout, an assertion) kills it, its Ray
+    processes too: a 400-epoch run or a server left going would slow every later test."""
+    yield
+    while _STARTED:
+        _STARTED.pop().kill()
+
 
 def _cmdline(pid: int) -> str:
     try:
@@ -107,6 +129,7 @@ def start(args: list[str], tmp_path: Path) -> Command:
         text=True,
     )
     cmd = Command(proc, mark)
+    _STARTED.append(cmd)
 
     def pump(stream: IO[str] | None, into: list[str]) -> None:
         assert stream is not None
