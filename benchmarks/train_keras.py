@@ -342,11 +342,11 @@ def _tune(args: argparse.Namespace, storage: str) -> None:
     )
     print(
         f"ASHA/FIFO, median over {args.seeds} seeds (min-max): time to target "
-        f"{_spread(to_target)} (target <= 0.67x), total wall {_spread(walls)}"
+        f"{_ratio_spread(to_target)} (target <= 0.67x), total wall {_ratio_spread(walls)}"
     )
 
 
-def _spread(values: list[float]) -> str:
+def _ratio_spread(values: list[float]) -> str:
     if not values:
         return "n/a"
     return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
